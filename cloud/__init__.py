@@ -1,0 +1,1 @@
+"""asymfuse.cloud: gallery features, AFF training, AMES, indexing and the searcher."""

@@ -1,0 +1,101 @@
+"""The gallery feature zoo: ``create_feature_extractor(name, ...)``.
+
+| name            | kind   | model                                   | dim  |
+|-----------------|--------|-----------------------------------------|------|
+| gem_lite1       | global | EfficientNet-Lite1 (ImageNet) + GeM      | 1280 |
+| gem_lite2       | global | EfficientNet-Lite2 (ImageNet) + GeM      | 1280 |
+| local_lite2     | local  | Lite2 stride-16 map, top-L by norm       | 120  |
+| sift / rootsift | local  | OpenCV SIFT, top-L by response           | 128  |
+| onnx_global     | global | any user ONNX model (onnxruntime)        | spec |
+| gem_torchvision | global | torchvision trunk + user weights + GeM   | C    |
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+
+import torch
+
+from asymfuse.cloud.features.base import FeatureExtractor
+from asymfuse.cloud.features.cnn_global import GemGlobalExtractor
+from asymfuse.cloud.features.cnn_local import LiteMapLocalExtractor
+from asymfuse.cloud.features.onnx_global import OnnxGlobalExtractor
+from asymfuse.cloud.features.sift import SiftExtractor
+from asymfuse.cloud.models.backbones import create_trunk
+from asymfuse.cloud.models.weights import require_weights_path
+from asymfuse.cloud.registry import Registry
+from asymfuse.edge.errors import ConfigError
+from asymfuse.edge.spec import ModelSpec
+
+ExtractorFactory = Callable[..., FeatureExtractor]
+FEATURE_EXTRACTORS: Registry[ExtractorFactory] = Registry("feature extractor")
+
+
+def _gem_lite(variant: str, name: str) -> ExtractorFactory:
+    def build(*, max_side: int = 384, p: float = 3.0, batch_size: int = 16,
+              device: str | torch.device = "cpu") -> FeatureExtractor:
+        trunk = create_trunk(variant, pretrained=True)
+        return GemGlobalExtractor(name=name, trunk=trunk, max_side=max_side, p=p,
+                                  batch_size=batch_size, device=device)
+
+    return build
+
+
+FEATURE_EXTRACTORS.register("gem_lite1")(_gem_lite("efficientnet_lite1", "gem_lite1"))
+FEATURE_EXTRACTORS.register("gem_lite2")(_gem_lite("efficientnet_lite2", "gem_lite2"))
+
+
+@FEATURE_EXTRACTORS.register("local_lite2")
+def _local_lite2(*, max_local: int = 256, max_side: int = 384, batch_size: int = 8,
+                 device: str | torch.device = "cpu") -> FeatureExtractor:
+    trunk = create_trunk("efficientnet_lite2", pretrained=True)
+    return LiteMapLocalExtractor(name="local_lite2", trunk=trunk, max_local=max_local,
+                                 max_side=max_side, batch_size=batch_size, device=device)
+
+
+@FEATURE_EXTRACTORS.register("sift")
+def _sift(*, max_local: int = 512, max_side: int = 512, device: str | torch.device = "cpu") -> FeatureExtractor:
+    del device  # OpenCV runs on the CPU
+    return SiftExtractor(name="sift", root=False, max_local=max_local, max_side=max_side)
+
+
+@FEATURE_EXTRACTORS.register("rootsift")
+def _rootsift(*, max_local: int = 512, max_side: int = 512,
+              device: str | torch.device = "cpu") -> FeatureExtractor:
+    del device
+    return SiftExtractor(name="rootsift", root=True, max_local=max_local, max_side=max_side)
+
+
+@FEATURE_EXTRACTORS.register("onnx_global")
+def _onnx_global(*, model_path: str | os.PathLike[str], spec: ModelSpec, output_name: str | None = None,
+                 threads: int = 0, device: str | torch.device = "cpu") -> FeatureExtractor:
+    del device  # onnxruntime CPU provider
+    return OnnxGlobalExtractor(name="onnx_global", model_path=model_path, spec=spec,
+                               output_name=output_name, threads=threads)
+
+
+@FEATURE_EXTRACTORS.register("gem_torchvision")
+def _gem_torchvision(*, arch: str = "resnet50", weights_path: str | os.PathLike[str] | None = None,
+                     allow_random_weights: bool = False, max_side: int = 384, p: float = 3.0,
+                     batch_size: int = 16, device: str | torch.device = "cpu") -> FeatureExtractor:
+    if weights_path is None and not allow_random_weights:
+        require_weights_path(arch, weights_path)
+    trunk = create_trunk(arch, pretrained=False, weights_path=weights_path)
+    return GemGlobalExtractor(name=f"gem_{arch}", trunk=trunk, max_side=max_side, p=p,
+                              batch_size=batch_size, device=device)
+
+
+def create_feature_extractor(name: str, *, device: str | torch.device = "cpu", **kwargs: object) -> FeatureExtractor:
+    """Build a frozen gallery extractor by name (see the module table).
+
+    Raises:
+        UnknownNameError: unknown name. ConfigError: an option the extractor does not take.
+    """
+    factory = FEATURE_EXTRACTORS.get(name)
+    accepted = set(inspect.signature(factory).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"feature extractor {name!r} does not take {unknown}; it takes {sorted(accepted)}")
+    return factory(device=device, **kwargs)

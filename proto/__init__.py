@@ -1,0 +1,1 @@
+"""asymfuse.proto: the wire schema (proto/asymfuse/v1/*.proto)."""
