@@ -1,0 +1,51 @@
+"""The ``asymfuse`` console script: one entry point, one sub-command module per job.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets
+``func(args) -> int``. Imports are lazy inside the commands, so ``asymfuse --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from asymfuse.edge.errors import AsymfuseError
+
+COMMAND_MODULES = (
+    "asymfuse.cloud.cli.data_cmd",
+    "asymfuse.cloud.cli.extract_cmd",
+    "asymfuse.cloud.cli.eval_cmd",
+    "asymfuse.cloud.cli.models_cmd",
+    "asymfuse.cloud.cli.demo_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every sub-command."""
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="asymfuse", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (2 for user errors, with a one-line reason)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except AsymfuseError as exc:
+        print(f"asymfuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

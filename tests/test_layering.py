@@ -1,0 +1,78 @@
+"""Package boundaries: edge is torch-free and at the bottom; nothing generic is installed."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("edge", "export", "cloud", "proto")
+# Which asymfuse packages each package may import (dependencies run one way, edge at the bottom).
+ALLOWED = {
+    "edge": {"edge", "proto"},
+    "proto": {"proto"},
+    "export": {"export", "edge", "proto"},
+    "cloud": {"cloud", "edge", "export", "proto"},
+}
+FORBIDDEN_IN_EDGE = {"torch", "torchvision", "cv2", "faiss", "skimage"}
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_dependencies_run_one_way(package):
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            continue
+        for name in imports_of(path):
+            parts = name.split(".")
+            if parts[0] == "asymfuse" and len(parts) > 1 and parts[1] not in ALLOWED[package]:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+            if package == "edge" and parts[0] in FORBIDDEN_IN_EDGE:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+            if parts[0] in PACKAGES:
+                bad.append(f"{path.relative_to(ROOT)} imports top-level {name!r}; use asymfuse.{name}")
+    assert not bad, "\n".join(bad)
+
+
+def test_importing_edge_does_not_load_torch(tmp_path):
+    code = ("import sys, asymfuse.edge, asymfuse.edge.preprocess, asymfuse.edge.spec;"
+            "bad = [m for m in ('torch', 'asymfuse.cloud', 'asymfuse.export') if m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_nothing_generic_is_importable_outside_the_repo(tmp_path):
+    code = ("import importlib.util as u, sys;"
+            "found = [m for m in ('cloud', 'edge', 'export', 'proto') if u.find_spec(m)];"
+            "import asymfuse.cloud, asymfuse.edge, asymfuse.export, asymfuse.proto;"
+            "print(found); sys.exit(1 if found else 0)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_subpackage_is_installed():
+    import importlib
+
+    for package in PACKAGES:
+        for init in (ROOT / package).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+            importlib.import_module(f"asymfuse.{rel}")
