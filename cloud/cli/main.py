@@ -40,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # faiss logs every CPU-feature probe at INFO
+        logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except AsymfuseError as exc:

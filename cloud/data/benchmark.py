@@ -85,9 +85,9 @@ class BenchmarkConfig:
     split_fractions: tuple[float, float, float] = (0.5, 0.2, 0.3)
     distractor_fraction: float = 0.15
     distractors_per_split: int = 16
-    tile_side: int = 256
-    min_region_side: int = 180
-    max_grid: int = 3
+    tile_side: int = 192
+    min_region_side: int = 150
+    max_grid: int = 4
     include_multiview: bool = True
     multiview_distractors: int = 12
 

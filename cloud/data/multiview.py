@@ -106,7 +106,7 @@ def opencv_sample_pairs(*, search_dirs: Sequence[str | Path] = OPENCV_SAMPLE_DIR
     for q_stem, o_stem, dense in OPENCV_PAIRS:
         q_path, o_path = _find(q_stem, search_dirs), _find(o_stem, search_dirs)
         if q_path is None or o_path is None:
-            LOG.info("OpenCV sample pair %s/%s not found in %s; skipped", q_stem, o_stem,
+            LOG.debug("OpenCV sample pair %s/%s not found in %s; skipped", q_stem, o_stem,
                      ", ".join(map(str, search_dirs)))
             continue
         query = load_image(q_path)

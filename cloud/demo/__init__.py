@@ -1,0 +1,1 @@
+"""The end-to-end demo (``asymfuse demo``): grows with every capability."""
