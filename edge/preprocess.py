@@ -85,9 +85,9 @@ def resize_to_spec(image: np.ndarray, spec: ModelSpec) -> np.ndarray:
     if spec.resize == "center_crop":
         scale = max(out_h / h0, out_w / w0)
         new_w, new_h = max(out_w, round(w0 * scale)), max(out_h, round(h0 * scale))
-        resized = pil.resize((new_w, new_h), interp)
+        big = pil.resize((new_w, new_h), interp)
         left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
-        return np.asarray(resized.crop((left, top, left + out_w, top + out_h)))
+        return np.asarray(big.crop((left, top, left + out_w, top + out_h)))
     # letterbox: fit the longer side, pad with the mean colour (zero after normalisation).
     scale = min(out_h / h0, out_w / w0)
     new_w, new_h = max(1, round(w0 * scale)), max(1, round(h0 * scale))
@@ -109,9 +109,9 @@ def normalize_pixels(pixels: np.ndarray, spec: ModelSpec) -> np.ndarray:
     Returns:
         ``(..., 3, H, W)`` float32, ``(x / 255 - mean) / std``.
     """
-    x = pixels.astype(np.float32) / np.float32(255.0)
-    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+    scaled = pixels.astype(np.float32) / np.float32(255.0)
+    x = (scaled - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3).astype(np.float32))
 
 
 def preprocess(images: np.ndarray | Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:

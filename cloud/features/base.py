@@ -114,7 +114,7 @@ class FeatureExtractor(abc.ABC):
             ShapeError: an image is malformed, or the batch is empty.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most extractors hold no native handle
         """Release native handles (sessions). Safe to call twice."""
 
     def __enter__(self) -> FeatureExtractor:
