@@ -53,6 +53,7 @@ from asymfuse.cloud.data.multiview import build_multiview
 from asymfuse.cloud.data.photos import SPLITS, Partition, load_photo_source, partition_photos
 from asymfuse.cloud.data.views import SourcePhoto
 from asymfuse.edge.errors import ConfigError, CorruptDataError, unknown_name
+from asymfuse.edge.fileio import fsync_dir
 
 LOG = logging.getLogger(__name__)
 
@@ -321,11 +322,7 @@ def _fingerprint(photos: list[tuple[str, np.ndarray]]) -> str:
 
 def _fsync_dir(folder: Path) -> None:
     for sub in [p for p in folder.rglob("*") if p.is_dir()] + [folder]:
-        fd = os.open(sub, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(sub)
 
 def _build_into(tmp: Path, *, photos: list, fingerprint: str, config: BenchmarkConfig) -> None:
     part = partition_photos([(n, im.shape) for n, im in photos], seed=config.seed,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from asymfuse.edge.fileio import atomic_write_text
+
+__all__ = ["atomic_write_text", "markdown_table", "write_json"]
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, digits: int = 2) -> str:
@@ -24,23 +27,6 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
     return "\n".join(lines)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file and a rename (no half-written file)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    """Atomic, pretty JSON."""
+    """Atomic, pretty JSON (the folder must exist)."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

@@ -16,7 +16,6 @@ Exports also add an ``ids`` dataset (UTF-8 strings, ignored by AMES) so a round 
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from asymfuse.cloud.features.base import LocalFeatures
 from asymfuse.cloud.features.store import FeatureStore, FeatureStoreWriter, remove_store_files
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
+from asymfuse.edge.fileio import atomic_path
 
 AMES_COLUMNS = ("x", "y", "scale", "mask", "weight")
 N_META = len(AMES_COLUMNS)
@@ -112,9 +112,8 @@ def export_ames_h5(store: FeatureStore, path: str | os.PathLike[str], *, dtype: 
         raise ConfigError(f"need dtype in {H5_DTYPES} and batch_size >= 1, got {dtype!r}, {batch_size!r}")
     h5py = _h5py()
     out = Path(path)
-    tmp = out.with_name(f".tmp-{out.name}.{secrets.token_hex(4)}")
     shape = (len(store), int(store.max_local or 0), N_META + store.dim)
-    try:
+    with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
             ds = f.create_dataset("features", shape=shape, dtype=dtype)
             ds.attrs["columns"] = ",".join([*AMES_COLUMNS, "descriptor"])
@@ -123,12 +122,6 @@ def export_ames_h5(store: FeatureStore, path: str | os.PathLike[str], *, dtype: 
             for ids, feats in store.iter_batches(batch_size):
                 ds[start:start + len(ids)] = pack_ames(feats, dtype=dtype)
                 start += len(ids)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from asymfuse.cloud.features.base import Features, GlobalFeatures, LocalFeatures
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
+from asymfuse.edge.fileio import atomic_path
 
 FORMAT_NAME = "asymfuse-feature-store"
 FORMAT_VERSION = 1
@@ -82,35 +82,15 @@ class _HashingFile:
         return self._f.write(view)
 
 
-def _fsync_dir(root: Path) -> None:
-    try:
-        fd = os.open(root, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories; rename durability is best effort there.
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(root: Path, name: str, write: Callable[[_HashingFile], object]) -> tuple[str, int]:
     """Write ``root/name`` via a temp file in ``root``, fsync, ``os.replace``.
 
     Returns:
         ``(sha256 hex digest, size in bytes)`` of what was written.
     """
-    tmp = root / f"{TMP_PREFIX}{name}.{secrets.token_hex(4)}"
-    try:
-        with open(tmp, "wb") as f:
-            hf = _HashingFile(f)
-            write(hf)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(root)
+    with atomic_path(root / name, tmp_prefix=TMP_PREFIX) as tmp, open(tmp, "wb") as f:
+        hf = _HashingFile(f)
+        write(hf)
     return hf.sha.hexdigest(), hf.size
 
 

@@ -19,13 +19,13 @@ faiss's thread count is left at its default.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
+from asymfuse.edge.fileio import atomic_path
 
 
 def _faiss() -> ModuleType:
@@ -168,20 +168,11 @@ class FlatIndex:
         path = Path(path)
         if not path.parent.is_dir():
             raise ConfigError(f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             try:
-                _faiss().write_index(index, tmp)
+                _faiss().write_index(index, str(tmp))
             except RuntimeError as exc:
                 raise CorruptDataError(f"faiss could not write {str(path)!r}: {exc}") from exc
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FlatIndex:
@@ -218,18 +209,6 @@ class FlatIndex:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform (e.g. Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def search(xq: np.ndarray, xb: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 
 from asymfuse.cloud.models.query_net import QueryNet, create_query_net
 from asymfuse.edge.errors import ConfigError, CorruptDataError
+from asymfuse.edge.fileio import atomic_write
 from asymfuse.edge.spec import ModelSpec
 
 CHECKPOINT_FORMAT = "asymfuse.query_net/1"
@@ -22,20 +22,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     Raises:
         ConfigError: the folder does not exist or is not writable.
     """
-    target = Path(path)
-    if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
-        raise ConfigError(f"cannot write {target}: folder {target.parent} is missing or not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def save_query_net(net: QueryNet, path: str | os.PathLike[str], *,
