@@ -20,12 +20,14 @@ pip_install() {  # quiet pip; on failure show its whole output and stop
 # torch 2.13.0 first: on this machine kind pip resolves it to a local CPU wheel, and litert-torch
 # needs torch < 2.15 (torchvision 0.28 pairs with it).
 pip_install "torch==2.13.0"
-pip_install -e ".[all]"
+pip_install -c scripts/constraints.txt -e ".[all]"
 # A missing install step fails here, not later in the tests.
 .venv/bin/python - <<'PY'
 from asymfuse.cloud.compat import import_torchvision
 import_torchvision()
 import cv2, faiss, h5py, onnxruntime, skimage, torch  # noqa: F401
 import asymfuse.cloud, asymfuse.edge, asymfuse.export, asymfuse.proto  # noqa: F401
+if torch.__version__.split("+")[0] != "2.13.0":
+    raise SystemExit(f"setup.sh: expected torch 2.13.0, got {torch.__version__}; see scripts/constraints.txt")
 print(f"asymfuse is set up in .venv (torch {torch.__version__})")
 PY
