@@ -20,11 +20,12 @@ from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, data
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.data.revisitop import load_revisitop
 from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
-from asymfuse.cloud.eval.report import atomic_write_text, markdown_table, write_json
+from asymfuse.cloud.eval.report import markdown_table, write_json
 from asymfuse.cloud.features.aggregate import train_vlad_codebook, vlad
 from asymfuse.cloud.features.extract_dataset import extract_dataset
 from asymfuse.cloud.features.registry import create_feature_extractor
 from asymfuse.edge.errors import ConfigError
+from asymfuse.edge.fileio import atomic_write_text
 
 LOG = logging.getLogger("asymfuse.demo")
 COLUMNS = ("feature", "kind", "dim", "mAP_easy", "mAP_medium", "mAP_hard", "mP@10_medium", "mP@10_hard")

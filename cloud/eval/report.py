@@ -10,8 +10,6 @@ from typing import Any
 
 from asymfuse.edge.fileio import atomic_write_text
 
-__all__ = ["atomic_write_text", "markdown_table", "write_json"]
-
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, digits: int = 2) -> str:
     """Render ``rows`` as a GitHub Markdown table; floats get ``digits`` decimals, None is blank."""

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from asymfuse.cloud.features.base import LocalFeatures
-from asymfuse.cloud.features.store import FeatureStore, FeatureStoreWriter, remove_store_files
+from asymfuse.cloud.features.store import FeatureStore, new_store
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
 from asymfuse.edge.fileio import atomic_path
 
@@ -155,20 +155,13 @@ def import_ames_h5(path: str | os.PathLike[str], root: str | os.PathLike[str], *
         ds = _features_dataset(f, src)
         n, n_loc, width = ds.shape
         item_ids = _resolve_ids(f, src, n, ids)
-        writer = FeatureStoreWriter.create(
-            root, kind="local", dim=width - N_META, max_local=n_loc, desc_dtype=str(ds.dtype),
-            meta={**(meta or {}), "source": "ames_h5", "source_file": src.name},
-            shard_size=shard_size, overwrite=overwrite)
-        try:
+        with new_store(root, kind="local", dim=width - N_META, max_local=n_loc, desc_dtype=str(ds.dtype),
+                       meta={**(meta or {}), "source": "ames_h5", "source_file": src.name},
+                       shard_size=shard_size, overwrite=overwrite) as writer:
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 feats = unpack_ames(ds[start:stop], where=f"{src} rows {start}:{stop}")
                 writer.append(item_ids[start:stop], feats)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            remove_store_files(root)
-            raise
     return FeatureStore.open(root)
 
 

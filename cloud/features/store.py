@@ -10,9 +10,10 @@ a time (an advisory lock enforces it on POSIX).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ from asymfuse.cloud.features.store_format import (
 from asymfuse.cloud.features.store_reader import FeatureStore
 from asymfuse.edge.errors import ConfigError, ShapeError
 
-__all__ = ["FeatureStore", "FeatureStoreWriter", "StoreLayout", "create_store_from_arrays", "remove_store_files"]
+__all__ = ["FeatureStore", "FeatureStoreWriter", "StoreLayout", "create_store_from_arrays", "new_store",
+           "remove_store_files"]
 
 
 class FeatureStoreWriter:
@@ -279,13 +281,23 @@ def create_store_from_arrays(root: str | os.PathLike[str], *, ids: Sequence[str]
         kind, dim, max_local = "global", features.features.shape[1], None
     else:
         kind, dim, max_local = "local", features.descriptors.shape[2], features.descriptors.shape[1]
-    writer = FeatureStoreWriter.create(root, kind=kind, dim=int(dim), max_local=max_local, desc_dtype=desc_dtype,
-                                       meta=meta, shard_size=shard_size, overwrite=overwrite)
-    try:
+    with new_store(root, kind=kind, dim=int(dim), max_local=max_local, desc_dtype=desc_dtype,
+                   meta=meta, shard_size=shard_size, overwrite=overwrite) as writer:
         writer.append(ids, features)
+    return FeatureStore.open(root)
+
+
+@contextlib.contextmanager
+def new_store(root: str | os.PathLike[str], **create_kwargs: Any) -> Iterator[FeatureStoreWriter]:
+    """Create a store, yield its writer, and close it; on any error remove the partial store.
+
+    ``create_kwargs`` are those of :meth:`FeatureStoreWriter.create`.
+    """
+    writer = FeatureStoreWriter.create(root, **create_kwargs)
+    try:
+        yield writer
         writer.close()
     except BaseException:
         writer.abort()
         remove_store_files(root)
         raise
-    return FeatureStore.open(root)

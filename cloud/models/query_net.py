@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +56,6 @@ class QueryNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-QueryNetFactory = Callable[..., QueryNet]
 QUERY_NETS: Registry[str] = Registry("query net")
 """Registered query-net names mapped to their trunk names."""
 
