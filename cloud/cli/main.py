@@ -19,6 +19,9 @@ COMMAND_MODULES = (
     "asymfuse.cloud.cli.eval_cmd",
     "asymfuse.cloud.cli.models_cmd",
     "asymfuse.cloud.cli.demo_cmd",
+    "asymfuse.cloud.cli.train_cmd",
+    "asymfuse.cloud.cli.index_cmd",
+    "asymfuse.cloud.cli.bench_cmd",
 )
 
 

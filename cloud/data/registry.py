@@ -6,14 +6,18 @@ sets a :class:`~asymfuse.cloud.data.records.TrainingSet`. Registered names:
 - ``roxford5k``, ``rparis6k``: revisitop, optional ``distractors_root`` for +1M;
 - ``revisitop``: any revisitop-format benchmark, ``name=`` picks ``gnd_<name>.pkl``
   (e.g. asymfuse's own ``asymfuse-skimage``);
-- ``gldv2-retrieval``, ``gldv2-train``, ``holidays``, ``ukbench``, ``image-folder``.
+- ``gldv2-retrieval``, ``gldv2-train``, ``holidays``, ``ukbench``, ``image-folder``;
+- ``benchmark_train``: the labelled train split of an embedded benchmark
+  (:mod:`~asymfuse.cloud.data.benchmark`), ``root`` = the benchmark folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from asymfuse.cloud.data.folder import load_image_folder
@@ -23,7 +27,7 @@ from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.data.revisitop import load_revisitop
 from asymfuse.cloud.data.ukbench import load_ukbench
 from asymfuse.cloud.registry import Registry
-from asymfuse.edge.errors import ConfigError
+from asymfuse.edge.errors import ConfigError, CorruptDataError
 
 PathLike = str | os.PathLike[str]
 DatasetFactory = Callable[..., RetrievalDataset | TrainingSet]
@@ -80,6 +84,28 @@ def ukbench(root: PathLike) -> RetrievalDataset:
 def image_folder(root: PathLike, *, name: str | None = None) -> TrainingSet:
     """Training images in ``root/<class>/<image>``."""
     return load_image_folder(root, name=name)
+
+
+@DATASETS.register("benchmark_train")
+def benchmark_train(root: PathLike) -> TrainingSet:
+    """The train split of an embedded benchmark: ``root/train/train.csv`` with images in ``root/train/jpg``.
+
+    Named ``"<benchmark name>-train"``; ``root`` of the returned set is the benchmark folder.
+
+    Raises:
+        CorruptDataError: ``root`` is not a benchmark (no readable ``benchmark.json``) or its train
+            files are missing or malformed.
+    """
+    from asymfuse.cloud.data.benchmark import MANIFEST_NAME, open_benchmark  # lazy: pulls in OpenCV
+
+    folder = Path(root)
+    if not (folder / MANIFEST_NAME).is_file():
+        raise CorruptDataError(f"{str(folder)!r} is not an asymfuse benchmark (no {MANIFEST_NAME}); pass "
+                               "the folder written by `asymfuse data build --out <folder>` (or "
+                               "build_benchmark), or use data source 'gldv2' / 'folder' for other data")
+    bench = open_benchmark(folder)
+    train = load_gldv2_train(bench.train_csv.parent / "jpg", csv=f"../{bench.train_csv.name}")
+    return dataclasses.replace(train, name=f"{bench.config.name}-train", root=bench.root)
 
 
 def create_dataset(name: str, /, *, root: PathLike, **kwargs: Any) -> RetrievalDataset | TrainingSet:

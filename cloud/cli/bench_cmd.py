@@ -1,0 +1,36 @@
+"""``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks (aff: the AFF paper's ablations in miniature)")
+    benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    aff = benches.add_parser("aff", help="AFF ablations on the embedded benchmark: table, curves, mAP vs GFLOPs")
+    aff.add_argument("--quick", action="store_true", help="the quick tier (under 10 min on 2 CPU cores)")
+    aff.add_argument("--out", default=None, help="output folder (default runs/bench/aff or runs/bench/aff-quick)")
+    aff.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    aff.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                     help="override a bench key (query_archs, blocks, baselines) or a training key "
+                          "(epochs, dim, input_size, ...); repeatable")
+    aff.add_argument("--progress", action="store_true", help="show extraction and training progress bars")
+    aff.set_defaults(func=run_aff)
+
+
+def run_aff(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.aff_bench import AFFBenchConfig, run_aff_bench
+    from asymfuse.cloud.cli.options import parse_options
+
+    tier = "quick" if args.quick else "default"
+    cfg = AFFBenchConfig.preset(tier, device=args.device, progress=args.progress)
+    cfg = cfg.with_overrides(parse_options(args.overrides))
+    out = args.out or ("runs/bench/aff-quick" if args.quick else "runs/bench/aff")
+    result = run_aff_bench(cfg, out_dir=out)
+    print(result["markdown"])
+    failed = sum(not r.ok for r in result["rows"])
+    print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
+    print(f"report: {result['paths']['markdown']}, {result['paths']['json']}, "
+          f"{result['paths']['curves']}, {result['paths']['gflops']}")
+    return 0

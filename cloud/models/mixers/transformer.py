@@ -1,0 +1,127 @@
+"""The AFF dynamic mixer (Wu et al., CVPR 2023; PAPERS.md section 2).
+
+Every gallery feature gets its own linear map to d: one ``Linear(D_k, d)`` per global slot and
+one ``Linear(d_m, d)`` per local slot, applied to each descriptor. A learnable fusion token is
+prepended, ``Z0 = [fusion; K global tokens; sum_m L_m local tokens]``, and C post-LN layers run
+
+    Z_bar = LN(Z + MHSA(Z));   Z = LN(Z_bar + MLP(Z_bar)),   MLP = Linear(d, d_e) -> GELU -> Linear(d_e, d)
+
+with ``d_e = mlp_ratio * d`` and no dropout. The output is the fusion token after the last
+layer, L2-normalised.
+
+Padding descriptors are masked as attention keys, so they cannot change any valid token (and
+their values are zeroed before the projection, so even NaN garbage stays out). The fusion and
+global tokens are never masked: every query row has at least one key, and an image whose local
+sets are all padding still gets a finite embedding. There are no positional embeddings, so the
+output does not depend on the order of the descriptors within a local set.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asymfuse.cloud.models.fusion import FusionInputs, GallerySchema
+from asymfuse.cloud.models.mixers.base import Mixer, check_positive_int, init_standard_layers
+from asymfuse.edge.errors import ConfigError
+
+FUSION_TOKEN_STD = 0.02
+"""Standard deviation of the fusion token's normal initialisation."""
+
+
+class PostLNBlock(nn.Module):
+    """One post-LN transformer layer over ``(B, N, d)`` tokens; attention via
+    :func:`torch.nn.functional.scaled_dot_product_attention` with a key-padding mask."""
+
+    def __init__(self, *, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, z: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            z: ``(B, N, d)`` tokens.
+            attend: ``(B, 1, 1, N)`` bool, True where the key may be attended to.
+
+        Returns:
+            ``(B, N, d)`` tokens, each LayerNorm-ed.
+        """
+        b, n, d = z.shape
+        qkv = self.qkv(z).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attend)
+        z = self.norm1(z + self.proj(att.transpose(1, 2).reshape(b, n, d)))
+        return self.norm2(z + self.fc2(F.gelu(self.fc1(z))))
+
+
+class TransformerMixer(Mixer):
+    """AFF dynamic mixer: ``FusionInputs`` -> ``(B, d)`` float32, unit-norm (the fusion token)."""
+
+    name = "transformer"
+    trainable = True
+
+    def __init__(self, *, schema: GallerySchema, dim: int, layers: int = 4, heads: int = 8,
+                 mlp_ratio: float = 2.0) -> None:
+        """
+        Args:
+            schema: the K global + M local inputs.
+            dim: token and output dimension d; must be divisible by ``heads``.
+            layers: number C of post-LN layers.
+            heads: attention heads.
+            mlp_ratio: MLP hidden width d_e = round(mlp_ratio * d).
+
+        Raises:
+            ConfigError: a non-positive size, or ``dim`` not divisible by ``heads``.
+        """
+        check_positive_int("transformer mixer: layers", layers)
+        check_positive_int("transformer mixer: heads", heads)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+            raise ConfigError(f"transformer mixer: mlp_ratio must be a number > 0, got {mlp_ratio!r}")
+        super().__init__(schema=schema, dim=dim,
+                         options={"layers": layers, "heads": heads, "mlp_ratio": float(mlp_ratio)})
+        if dim % heads:
+            raise ConfigError(f"transformer mixer: dim={dim} must be divisible by heads={heads}; "
+                              "change one of them")
+        hidden = max(1, round(mlp_ratio * dim))
+        self.global_proj = nn.ModuleList(nn.Linear(s.dim, dim) for s in schema.global_slots)
+        self.local_proj = nn.ModuleList(nn.Linear(s.dim, dim) for s in schema.local_slots)
+        self.fusion_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(PostLNBlock(dim=dim, heads=heads, hidden=hidden) for _ in range(layers))
+
+    def reset_parameters(self, *, generator: torch.Generator) -> None:
+        """Standard Linear/LayerNorm init plus a N(0, 0.02^2) fusion token, all from ``generator``."""
+        init_standard_layers(self, generator=generator)
+        with torch.no_grad():
+            token = torch.empty(self.fusion_token.shape).normal_(0.0, FUSION_TOKEN_STD, generator=generator)
+            self.fusion_token.copy_(token)
+
+    def tokens(self, inputs: FusionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The initial tokens Z0 and their key mask.
+
+        Returns:
+            ``(B, 1 + K + sum L_m, d)`` tokens in the parameters' dtype, and ``(B, 1 + K + sum L_m)``
+            bool, True where the token may be attended to (False only at local padding).
+        """
+        dtype = self.fusion_token.dtype
+        b = inputs.batch_size
+        parts = [self.fusion_token.expand(b, 1, self.dim)]
+        parts += [proj(g.to(dtype)).unsqueeze(1) for proj, g in zip(self.global_proj, inputs.globals_)]
+        for proj, x, m in zip(self.local_proj, inputs.locals_, inputs.local_masks):
+            parts.append(proj(x.to(dtype).masked_fill(m.unsqueeze(-1), 0.0)))
+        always = torch.ones(b, 1 + len(inputs.globals_), dtype=torch.bool, device=parts[0].device)
+        attend = torch.cat([always, *(~m for m in inputs.local_masks)], dim=1)
+        return torch.cat(parts, dim=1), attend
+
+    def mix(self, inputs: FusionInputs) -> torch.Tensor:
+        """``(B, d)`` fusion token after the last layer (not yet normalised)."""
+        z, attend = self.tokens(inputs)
+        mask = attend[:, None, None, :]
+        for block in self.blocks:
+            z = block(z, mask)
+        return z[:, 0]

@@ -1,0 +1,1 @@
+"""Training: AFF (fusion + compatible query nets); shared trainer plumbing."""

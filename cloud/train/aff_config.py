@@ -1,0 +1,189 @@
+"""``TrainConfig``: everything one AFF training run needs, as one frozen, validated record.
+
+Defaults follow the AFF paper where it applies at our scale (SGD, weight decay 0.01, linear
+decay, ArcFace s = 32, m = 0.3, momentum classifier alpha = 0.99, post-LN mixer with d_e = 2d).
+YAML/CLI overrides are parsed in ``cloud/cli`` only; :func:`config_from_dict` rejects unknown keys.
+
+Schemes:
+
+- ``joint``: mixer + query net, loss = ArcFace(g_mix; psi_mix) + ArcFace(q; psi_q), psi_q = EMA(psi_mix).
+- ``two_stage``: ``stage1_epochs`` of mixer-only training, then the query net against the frozen
+  mixer and its frozen classifier.
+- ``mixer_only``: the symmetric fused gallery model alone.
+- ``bct`` / ``reg`` / ``lce`` / ``csd``: the query net against ONE frozen gallery feature
+  (``gallery_features`` must name exactly one global feature; ``embed_dim`` is its dimension).
+- ``symmetric``: the query net alone with its own ArcFace head (no gallery).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from asymfuse.edge.errors import ConfigError
+
+SCHEMES = ("joint", "two_stage", "mixer_only", "bct", "reg", "lce", "csd", "symmetric")
+MIXER_SCHEMES = ("joint", "two_stage", "mixer_only")
+SINGLE_GALLERY_SCHEMES = ("bct", "reg", "lce", "csd")
+QUERY_SCHEMES = ("joint", "two_stage", "bct", "reg", "lce", "csd", "symmetric")
+DATA_SOURCES = ("benchmark", "gldv2", "folder")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("linear", "cosine", "constant")
+BN_MODES = ("train", "frozen")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One AFF training run. See the module docstring for the schemes."""
+
+    # what to train
+    scheme: str = "joint"
+    mixer: str = "transformer"          # transformer | mlp | concat
+    dim: int = 512                      # d, the fused/query embedding size
+    mixer_layers: int = 4               # C
+    mixer_heads: int = 8
+    mixer_mlp_ratio: float = 2.0        # d_e = ratio * d
+    gallery_features: tuple[str, ...] = ("gem_lite1", "gem_lite2", "local_lite2")
+    local_tokens: int = 64              # top-weighted local descriptors per image the mixer sees
+    query_arch: str = "efficientnet_lite0"
+    query_pretrained: bool = True
+    input_size: int = 224
+    gem_p: float = 3.0
+    # losses
+    alpha: float = 0.99                 # momentum of psi_q; 0 = copy psi_mix every step
+    arcface_scale: float = 32.0
+    arcface_margin: float = 0.3
+    csd_k: int = 16
+    csd_t_teacher: float = 0.01
+    csd_t_student: float = 1.0
+    lce_boundary_weight: float = 1.0
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    mixer_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    epochs: int = 20
+    stage1_epochs: int = 10             # two_stage only: mixer epochs before the query net
+    classifier_epochs: int = 30         # bct/lce/csd: epochs fitting the frozen gallery classifier
+    batch_size: int = 32                # global batch (split across DDP ranks)
+    grad_clip: float = 0.0              # 0 = off
+    bn_mode: str = "train"              # train | frozen (BN in eval mode: batch-independent)
+    # data
+    data_source: str = "benchmark"      # benchmark | gldv2 | folder
+    data_root: str = "runs/benchmark"   # benchmark folder, GLDv2 root, or image-folder root
+    val_root: str = ""                  # revisitop split for validation ('' = benchmark val split, or none)
+    features_dir: str = "runs/features" # feature-store cache: <features_dir>/<feature>/<part>/<gallery|queries>
+    crop_scale_min: float = 0.35
+    color_jitter: float = 0.3
+    preload_side: int = 0               # >0: decode images once, shorter side resized to this
+    # runtime
+    device: str = "cpu"
+    precision: str = "fp32"             # fp32 | bf16 | fp16 (fp16 uses a GradScaler, CUDA only)
+    channels_last: bool = False
+    workers: int = 0
+    pin_memory: bool = False
+    seed: int = 0
+    val_every: int = 1
+    patience: int = 0                   # stop after this many val checks without improvement (0 = never)
+    select_metric: str = "mAP_medium"   # the val metric that picks the best checkpoint
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("scheme", self.scheme, SCHEMES)
+        _choice("mixer", self.mixer, ("transformer", "mlp", "concat"))
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("bn_mode", self.bn_mode, BN_MODES)
+        _choice("data_source", self.data_source, DATA_SOURCES)
+        _choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        _choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
+        object.__setattr__(self, "gallery_features", tuple(self.gallery_features))
+        for name in ("dim", "mixer_layers", "mixer_heads", "local_tokens", "input_size", "epochs",
+                     "batch_size", "csd_k", "val_every", "log_every", "classifier_epochs"):
+            _positive_int(name, getattr(self, name))
+        for name in ("stage1_epochs", "warmup_steps", "workers", "preload_side", "seed", "patience"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.dim % self.mixer_heads:
+            raise ConfigError(f"dim={self.dim} must be divisible by mixer_heads={self.mixer_heads}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not 0.0 < self.crop_scale_min <= 1.0 or not 0.0 <= self.color_jitter < 1.0:
+            raise ConfigError("crop_scale_min must lie in (0, 1] and color_jitter in [0, 1)")
+        for name in ("lr", "arcface_scale", "csd_t_teacher", "csd_t_student", "mixer_lr_mult", "mixer_mlp_ratio"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "momentum", "grad_clip", "arcface_margin", "lce_boundary_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.scheme != "symmetric" and not self.gallery_features:
+            raise ConfigError(f"scheme {self.scheme!r} needs gallery_features (feature names)")
+        if self.scheme in SINGLE_GALLERY_SCHEMES and len(self.gallery_features) != 1:
+            raise ConfigError(f"scheme {self.scheme!r} trains against ONE frozen gallery feature; set "
+                              f"gallery_features to a single global feature, got {list(self.gallery_features)}")
+        if self.scheme == "two_stage" and not 0 < self.stage1_epochs < self.epochs:
+            raise ConfigError(f"two_stage needs 0 < stage1_epochs < epochs, got {self.stage1_epochs}, {self.epochs}")
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise ConfigError("precision fp16 needs a CUDA device; use precision=bf16 on CPU")
+
+    @property
+    def trains_mixer(self) -> bool:
+        return self.scheme in MIXER_SCHEMES
+
+    @property
+    def trains_query(self) -> bool:
+        return self.scheme in QUERY_SCHEMES
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gallery_features"] = list(self.gallery_features)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated; unknown keys raise ConfigError)."""
+        return config_from_dict({**self.to_dict(), **changes})
+
+    def differences(self, other: TrainConfig, *, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+        """``{key: (self value, other value)}`` for the fields that differ."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+# Fields that may change between an interrupted run and its resume without changing the result.
+RESUME_SAFE_FIELDS = ("epochs", "progress", "log_every", "workers", "pin_memory", "device")
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from plain data (YAML/JSON), rejecting unknown keys.
+
+    Raises:
+        ConfigError: an unknown key (the message lists the valid ones) or an invalid value.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"a training config must be a mapping of keys to values, got {type(data).__name__}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown training config keys {unknown}; valid keys: {sorted(known)}")
+    values = dict(data)
+    if "gallery_features" in values:
+        gf = values["gallery_features"]
+        values["gallery_features"] = (gf,) if isinstance(gf, str) else tuple(gf)
+    try:
+        return replace(TrainConfig(), **values)
+    except TypeError as exc:
+        raise ConfigError(f"bad training config value ({exc})") from exc
+
+
+def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {list(options)}")
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")

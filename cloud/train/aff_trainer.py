@@ -1,0 +1,326 @@
+"""``train_aff``: the AFF trainer (single process or ``torchrun`` DDP, CPU or CUDA, AMP).
+
+One call runs a whole scheme (see :mod:`asymfuse.cloud.train.aff_config`) and leaves in
+``out_dir``: ``last.pt`` (full training state, for ``resume``), ``best.pt`` (the same at the best
+val epoch), ``metrics.jsonl``, ``mixer.pt`` and ``query_net.pt`` (the finished models, sharing one
+embedding-space id). Only rank 0 writes.
+
+Reproducibility: every random choice of the data pipeline is a function of (seed, epoch, sample
+index) and the sampler's permutation of (seed, epoch), so a resumed run, or one with N ranks and
+the same global batch, sees the same batches as an uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from asymfuse.cloud.device import autocast
+from asymfuse.cloud.models.checkpoint import save_query_net
+from asymfuse.cloud.models.fusion import GallerySchema
+from asymfuse.cloud.models.query_net import QueryNet
+from asymfuse.cloud.train.aff_config import RESUME_SAFE_FIELDS, SINGLE_GALLERY_SCHEMES, TrainConfig
+from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
+from asymfuse.cloud.train.aff_setup import AFFData, build_system, prepare_data
+from asymfuse.cloud.train.aff_validate import validate
+from asymfuse.cloud.train.artifacts import save_mixer
+from asymfuse.cloud.train.augment import AugmentConfig
+from asymfuse.cloud.train.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    dist_env_from_environ,
+    mean_across_ranks,
+    process_group,
+    rank_device,
+)
+from asymfuse.cloud.train.progress import JsonlLog, progress_bar
+from asymfuse.cloud.train.schedule import create_optimizer, param_groups, phased_schedule
+from asymfuse.cloud.train.space import fused_space_id, single_gallery_space_id
+from asymfuse.cloud.train.state import check_resume_config, load_state, save_state, set_rng_state
+from asymfuse.edge.errors import ConfigError
+
+STATE_FORMAT = "asymfuse.aff_train/1"
+
+
+@dataclass
+class TrainResult:
+    """A finished run: the best models (eval mode, CPU) and what happened."""
+
+    config: TrainConfig
+    out_dir: Path
+    schema: GallerySchema | None
+    mixer: torch.nn.Module | None
+    query_net: QueryNet | None
+    history: list[dict[str, Any]]
+    best_epoch: int
+    checkpoint: Path
+    embedding_space_id: str
+    runtime_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _IndexDataset(Dataset):
+    """Labels and indices only: the mixer stage needs no images."""
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"label": torch.tensor(int(self.labels[i])), "index": torch.tensor(i)}
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+def train_aff(config: TrainConfig, *, out_dir: str | Path, resume: bool = False,
+              stop_after_epochs: int | None = None) -> TrainResult:
+    """Train one AFF scheme; see the module docstring for what lands in ``out_dir``.
+
+    Args:
+        config: the run.
+        out_dir: run folder (created).
+        resume: continue from ``out_dir/last.pt`` (same config, except runtime-only fields).
+        stop_after_epochs: stop after this many epochs *of this call* as if interrupted (tests,
+            time-boxed jobs); ``last.pt`` allows a later ``resume``.
+
+    Raises:
+        ConfigError: bad config for this data/world size, resume with a different config.
+        CorruptDataError: NaN in stored features, unreadable images or checkpoints.
+    """
+    env = dist_env_from_environ()
+    device = rank_device(config.device, env)
+    with process_group(env, device):
+        return _Run(config, Path(out_dir), env, device).run(resume=resume, stop_after_epochs=stop_after_epochs)
+
+
+class _Run:
+    def __init__(self, cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device) -> None:
+        self.cfg, self.out, self.env, self.device = cfg, out, env, device
+        if cfg.batch_size % env.world_size:
+            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
+                              f"number of processes ({env.world_size})")
+        self.t0 = time.perf_counter()
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg, env = self.cfg, self.env
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        n = len(load_training_set(cfg.data_source, cfg.data_root))
+        if env.world_size > n:
+            raise ConfigError(f"{env.world_size} processes but only {n} training images; use "
+                              f"--nproc_per_node <= {n}")
+        self.data: AFFData = prepare_data(cfg, is_main=env.is_main, barrier=lambda: barrier(env))
+        self.local_batch = cfg.batch_size // env.world_size
+        self.steps_per_epoch = (n // env.world_size) // self.local_batch
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images); "
+                              "lower batch_size")
+        self.system = build_system(cfg, self.data, device=self.device)
+        s = self.system
+        mult = cfg.mixer_lr_mult
+        groups = param_groups([(m, k) for m, k in ((s.mixer, mult), (s.head_mix, mult), (s.query_net, 1.0),
+                                                    (s.head_q, 1.0)) if m is not None], weight_decay=cfg.weight_decay)
+        self.optimizer = create_optimizer(groups, kind=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
+        self.stages = s.stages()
+        self.scheduler = phased_schedule(self.optimizer, kind=cfg.schedule, warmup=cfg.warmup_steps,
+                                         phase_steps=[e * self.steps_per_epoch for _, e in self.stages])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": -1, "score": -1.0}
+        self.start_epoch = 0
+        self.bad_checks = 0
+
+    def _loader(self, stage: str) -> tuple[DataLoader, Dataset, DistributedSampler]:
+        cfg, ts = self.cfg, self.data.training_set
+        if stage == "mixer":
+            ds: Dataset = _IndexDataset(np.asarray(ts.labels))
+        else:
+            aug = AugmentConfig(crop_scale_min=cfg.crop_scale_min, color_jitter=cfg.color_jitter)
+            ds = AFFImageDataset(training_set=ts, spec=self.system.query_net.spec, augment=aug, seed=cfg.seed,
+                                 preload_side=cfg.preload_side)
+        sampler = DistributedSampler(ds, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True,
+                                     seed=cfg.seed, drop_last=True)
+        loader = DataLoader(ds, batch_size=self.local_batch, sampler=sampler, drop_last=True,
+                            num_workers=cfg.workers, pin_memory=cfg.pin_memory and self.device.type == "cuda",
+                            persistent_workers=False)
+        return loader, ds, sampler
+
+    def _stage_of(self, epoch: int) -> str:
+        end = 0
+        for stage, n in self.stages:
+            end += n
+            if epoch < end:
+                return stage
+        return self.stages[-1][0]
+
+    def _wrap(self, stage: str) -> torch.nn.Module:
+        self.system.set_stage(stage)
+        if not self.env.distributed:
+            return self.system
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.system, device_ids=ids)
+
+    # ------------------------------------------------------------------------------------- resume
+    def _resume(self) -> None:
+        payload = load_state(self.out / "last.pt", fmt=STATE_FORMAT)
+        check_resume_config(payload["config"], self.cfg.to_dict(), safe_fields=RESUME_SAFE_FIELDS)
+        self.system.set_stage(self._stage_of(max(payload["epoch"] - 1, 0)))
+        self.system.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.history, self.best = payload["history"], payload["best"]
+        self.start_epoch, self.bad_checks = payload["epoch"], payload.get("bad_checks", 0)
+        set_rng_state(payload["rng"])
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
+                "model": {k: v.detach().cpu() for k, v in self.system.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "history": self.history, "best": self.best,
+                "bad_checks": self.bad_checks, "schema": None if self.data.table is None else
+                self.data.table.schema.to_dict(), "class_names": list(self.data.training_set.class_names)}
+
+    # --------------------------------------------------------------------------------------- loop
+    def run(self, *, resume: bool, stop_after_epochs: int | None) -> TrainResult:
+        self._setup()
+        if resume:
+            self._resume()
+        log = JsonlLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
+        if resume:
+            log.write({"event": "resume", "epoch": self.start_epoch})
+        stage, model, loader, ds, sampler = None, None, None, None, None
+        done = 0
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            if self._stage_of(epoch) != stage:
+                stage = self._stage_of(epoch)
+                model = self._wrap(stage)
+                loader, ds, sampler = self._loader(stage)
+            sampler.set_epoch(epoch)
+            ds.set_epoch(epoch)
+            record = self._train_epoch(epoch, stage, model, loader, log)
+            stop = self._end_epoch(epoch, record, log)
+            done += 1
+            if stop or (stop_after_epochs is not None and done >= stop_after_epochs):
+                break
+        barrier(self.env)
+        return self._finish()
+
+    def _train_epoch(self, epoch: int, stage: str, model: torch.nn.Module, loader: DataLoader,
+                     log: JsonlLog) -> dict[str, Any]:
+        cfg, dev, table = self.cfg, self.device, self.data.table
+        self.system.train()
+        self.system.set_bn_mode(cfg.bn_mode)
+        losses: list[float] = []
+        bar = progress_bar(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs} [{stage}]",
+                           enabled=cfg.progress and self.env.is_main)
+        for step, batch in enumerate(loader):
+            labels = batch["label"].to(dev, non_blocking=True)
+            gallery = None if table is None else table.inputs(batch["index"].numpy()).to(dev, non_blocking=True)
+            images = batch.get("image")
+            if images is not None:
+                images = images.to(dev, non_blocking=True)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(dev, cfg.precision):
+                out = model(images, gallery, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out["loss"]).backward()
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.system.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.system.after_step()
+            loss = float(out["loss"].detach())
+            losses.append(loss)
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.update(1, loss=loss, lr=lr)
+            if step % cfg.log_every == 0:
+                log.write({"epoch": epoch, "step": epoch * self.steps_per_epoch + step, "loss": loss,
+                           "loss_mix": float(out["loss_mix"]), "loss_q": float(out["loss_q"]), "lr": lr})
+        bar.close()
+        mean = mean_across_ranks(float(np.mean(losses)) if losses else float("nan"), self.env, dev)
+        return {"epoch": epoch + 1, "stage": stage, "loss": mean, "step_losses": losses,
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _end_epoch(self, epoch: int, record: dict[str, Any], log: JsonlLog) -> bool:
+        cfg = self.cfg
+        last = epoch + 1 == cfg.epochs
+        metrics: dict[str, Any] = {}
+        if self.data.val is not None and ((epoch + 1) % cfg.val_every == 0 or last) and self.env.is_main:
+            metrics = validate(self.system, self.data.val, device=self.device)
+        metrics = broadcast_object(metrics, self.env)
+        record.update(metrics)
+        self.history.append(record)
+        key = f"val_{'asym' if self.system.query_net is not None else 'sym'}_{cfg.select_metric}"
+        score = metrics.get(key)
+        improved = score is not None and score > self.best["score"]
+        if score is not None:
+            self.bad_checks = 0 if improved else self.bad_checks + 1
+        if score is None and self.data.val is None:
+            improved = True  # no val split: the last epoch is the best
+        if improved:
+            self.best = {"epoch": epoch + 1, "score": float(score) if score is not None else -1.0, "metric": key}
+        if self.env.is_main:
+            state = self._state(epoch + 1)
+            save_state(self.out / "last.pt", state)
+            if improved:
+                save_state(self.out / "best.pt", state)
+            log.write({k: v for k, v in record.items() if k != "step_losses"})
+        return bool(cfg.patience and self.bad_checks >= cfg.patience)
+
+    # ------------------------------------------------------------------------------------- finish
+    def _finish(self) -> TrainResult:
+        best_path = self.out / "best.pt"
+        if best_path.is_file():
+            self.system.load_state_dict(load_state(best_path, fmt=STATE_FORMAT)["model"])
+        s = self.system
+        s.eval()
+        s.to("cpu")
+        schema = None if self.data.table is None else self.data.table.schema
+        space = self._space_id(schema)
+        if s.query_net is not None:
+            s.query_net.spec = s.query_net.spec.with_embedding_space(space)
+        if self.env.is_main:
+            if s.mixer is not None:
+                save_mixer(self.out / "mixer.pt", s.mixer, embedding_space_id=space,
+                           query_spec=None if s.query_net is None else s.query_net.spec,
+                           extra={"best_epoch": self.best["epoch"]})
+            if s.query_net is not None:
+                save_query_net(s.query_net, self.out / "query_net.pt",
+                               extra={"scheme": self.cfg.scheme, "best_epoch": self.best["epoch"]})
+        return TrainResult(config=self.cfg, out_dir=self.out, schema=schema, mixer=s.mixer, query_net=s.query_net,
+                           history=self.history, best_epoch=int(self.best["epoch"]), checkpoint=best_path,
+                           embedding_space_id=space, runtime_s=time.perf_counter() - self.t0)
+
+    def _space_id(self, schema: GallerySchema | None) -> str:
+        s = self.system
+        if s.mixer is not None:
+            return fused_space_id(schema, s.mixer, s.mixer.config())
+        if self.cfg.scheme in SINGLE_GALLERY_SCHEMES:
+            return single_gallery_space_id(schema)
+        from asymfuse.cloud.models.query_net import default_space_id
+
+        return default_space_id(s.query_net)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,56 @@
+"""Per-epoch validation of an AFF run on a revisitop split: symmetric and asymmetric mAP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from asymfuse.cloud.train.aff_data import GalleryTable
+from asymfuse.cloud.train.aff_eval import embed_queries, evaluate_aff, fuse_table
+from asymfuse.cloud.train.aff_model import AFFSystem
+from asymfuse.cloud.train.aff_setup import ValData
+
+
+def gallery_vectors(system: AFFSystem, table: GalleryTable, *, device: torch.device) -> np.ndarray:
+    """``(N, d)`` float32 unit-norm gallery-side vectors of ``table``: fused, or the single feature."""
+    if system.mixer is not None:
+        return fuse_table(system.mixer, table, device=device)
+    return np.ascontiguousarray(table.global_matrix(table.schema.slots[0].name), dtype=np.float32)
+
+
+def validate(system: AFFSystem, val: ValData, *, device: torch.device) -> dict[str, Any]:
+    """Val metrics: ``val_sym_*`` (gallery side on both ends) and ``val_asym_*`` (query net -> gallery).
+
+    For the symmetric scheme the query net embeds both ends, reported as ``val_asym_*`` too.
+    """
+    was_training = system.training
+    system.eval()
+    out: dict[str, Any] = {}
+    try:
+        xb = None
+        if val.gallery is not None and val.queries is not None:
+            xb = gallery_vectors(system, val.gallery, device=device)
+            xq_sym = gallery_vectors(system, val.queries, device=device)
+            out.update(_prefixed("val_sym_", evaluate_aff(dataset=val.dataset, query_vectors=xq_sym,
+                                                          gallery_vectors=xb)))
+        if system.query_net is not None and system.stage != "mixer":
+            xq = embed_queries(system.query_net, val.dataset, device=device)
+            if xb is None:  # symmetric scheme: the query net on the gallery too
+                xb = _embed_gallery(system, val, device=device)
+            out.update(_prefixed("val_asym_", evaluate_aff(dataset=val.dataset, query_vectors=xq,
+                                                           gallery_vectors=xb)))
+    finally:
+        system.train(was_training)
+    return out
+
+
+def _embed_gallery(system: AFFSystem, val: ValData, *, device: torch.device) -> np.ndarray:
+    from asymfuse.cloud.train.aff_eval import embed_images
+
+    return embed_images(system.query_net, list(val.dataset.gallery_paths), device=device)
+
+
+def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    return {prefix + k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -1,0 +1,234 @@
+"""The AFF trainer end to end on a small real benchmark with synthetic (label-correlated) stores.
+
+Real images feed the query nets; the frozen gallery features are synthetic stores written into the
+feature cache (the "existing store wins" rule), so the tests need no gallery-model extraction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark
+from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
+from asymfuse.cloud.features.store import create_store_from_arrays
+from asymfuse.cloud.train.aff_config import TrainConfig
+from asymfuse.cloud.train.aff_data import load_training_set
+from asymfuse.cloud.train.aff_setup import load_val_dataset
+from asymfuse.cloud.train.aff_trainer import read_metrics, train_aff
+from asymfuse.cloud.train.feature_cache import training_ids
+from asymfuse.edge.errors import ConfigError
+
+SMALL = BenchmarkConfig(seed=3, photos=("astronaut", "camera", "chelsea", "coffee", "coins", "rocket"),
+                        n_views=3, image_max_side=128, distractors_per_split=2, multiview_distractors=2)
+GD, LD, L = 24, 8, 6
+
+
+def _instance(item_id: str) -> int:
+    return int(item_id.split("_")[0][4:]) if item_id.startswith("inst") else 10_000 + hash(item_id) % 1000
+
+
+def _global(ids, *, seed):
+    """Instance prototype + noise: a gallery feature that carries the label."""
+    rows = []
+    for i in ids:
+        proto = np.random.default_rng([seed, _instance(i)]).standard_normal(GD)
+        noise = np.random.default_rng([seed + 1, abs(hash(i)) % 2**31]).standard_normal(GD)
+        rows.append(proto + 0.8 * noise)
+    x = np.asarray(rows, dtype=np.float32)
+    return GlobalFeatures(x / np.linalg.norm(x, axis=1, keepdims=True))
+
+
+def _local(ids, *, seed):
+    n = len(ids)
+    rng = np.random.default_rng(seed)
+    d = np.zeros((n, L, LD), np.float32)
+    mask = np.ones((n, L), bool)
+    for r, i in enumerate(ids):
+        k = 2 + r % (L - 1)
+        proto = np.random.default_rng([seed, _instance(i)]).standard_normal(LD)
+        d[r, :k] = proto + rng.standard_normal((k, LD))
+        d[r, :k] /= np.linalg.norm(d[r, :k], axis=1, keepdims=True)
+        mask[r, :k] = False
+    w = (~mask).astype(np.float32)
+    return LocalFeatures(descriptors=d, weights=w, mask=mask, xy=np.zeros((n, L, 2), np.float32),
+                         scale=np.ones((n, L), np.float32))
+
+
+def _write(root, ids, kind, seed):
+    feats = _global(ids, seed=seed) if kind == "global" else _local(ids, seed=seed)
+    create_store_from_arrays(root, ids=list(ids), features=feats,
+                             meta={"extractor_name": root.parts[-3], "extractor_id": f"synthetic-{root.parts[-3]}"})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("aff")
+    bench = build_benchmark(base / "bench", config=SMALL)
+    feats = base / "features"
+    cfg = TrainConfig(data_root=str(bench.root), features_dir=str(feats))
+    ts = load_training_set("benchmark", bench.root)
+    val = load_val_dataset(cfg)
+    for name, kind, seed in (("syn_g", "global", 1), ("syn_l", "local", 2)):
+        _write(feats / name / "train" / "gallery", training_ids(ts), kind, seed)
+        _write(feats / name / "val" / "gallery", val.gallery_ids, kind, seed)
+        _write(feats / name / "val" / "queries", val.query_ids, kind, seed)
+    return bench, feats
+
+
+def _cfg(setup, **kw) -> TrainConfig:
+    bench, feats = setup
+    base = dict(scheme="joint", data_root=str(bench.root), features_dir=str(feats), gallery_features=("syn_g", "syn_l"),
+                local_tokens=L, dim=16, mixer_layers=1, mixer_heads=2, query_arch="mobilenet_v2",
+                query_pretrained=False, input_size=64, epochs=2, batch_size=8, lr=0.01, progress=False,
+                bn_mode="frozen", seed=0, classifier_epochs=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_mixer_only_trains_and_writes_artifacts(setup, tmp_path):
+    res = train_aff(_cfg(setup, scheme="mixer_only", epochs=4, lr=0.1), out_dir=tmp_path)
+    losses = [h["loss"] for h in res.history]
+    assert losses[-1] < losses[0]
+    for name in ("last.pt", "best.pt", "mixer.pt", "metrics.jsonl"):
+        assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "query_net.pt").exists()
+    assert "val_sym_mAP_medium" in res.history[-1]
+    assert res.query_net is None and res.mixer is not None
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert any("val_sym_mAP_medium" in r for r in records)
+
+
+def test_joint_run_shares_one_space_id_and_another_mixer_differs(setup, tmp_path):
+    from asymfuse.cloud.models.checkpoint import load_query_net
+    from asymfuse.cloud.train.artifacts import load_mixer
+
+    res = train_aff(_cfg(setup, epochs=1), out_dir=tmp_path / "a")
+    _, info = load_mixer(tmp_path / "a" / "mixer.pt")
+    net = load_query_net(tmp_path / "a" / "query_net.pt")
+    assert info["embedding_space_id"] == net.spec.embedding_space_id == res.embedding_space_id
+    assert info["query_spec"].embedding_space_id == res.embedding_space_id
+    other = train_aff(_cfg(setup, epochs=1, seed=1), out_dir=tmp_path / "b")
+    assert other.embedding_space_id != res.embedding_space_id
+
+
+def test_resume_continues_exactly(setup, tmp_path):
+    cfg = _cfg(setup, epochs=3)
+    full = train_aff(cfg, out_dir=tmp_path / "full")
+    train_aff(cfg, out_dir=tmp_path / "part", stop_after_epochs=1)
+    resumed = train_aff(cfg, out_dir=tmp_path / "part", resume=True)
+    assert len(resumed.history) == len(full.history) == 3
+    for a, b in zip(full.history, resumed.history):
+        np.testing.assert_allclose(a["step_losses"], b["step_losses"], rtol=0, atol=1e-6)
+    sa, sb = full.query_net.state_dict(), resumed.query_net.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=1e-6)
+
+
+def test_resume_with_another_config_is_refused(setup, tmp_path):
+    train_aff(_cfg(setup, epochs=2), out_dir=tmp_path, stop_after_epochs=1)
+    with pytest.raises(ConfigError, match="lr: checkpoint=0.01 now=0.02"):
+        train_aff(_cfg(setup, epochs=2, lr=0.02), out_dir=tmp_path, resume=True)
+
+
+def test_resume_without_checkpoint_names_the_fix(setup, tmp_path):
+    with pytest.raises(ConfigError, match="without --resume"):
+        train_aff(_cfg(setup), out_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("scheme", ["two_stage", "bct", "reg", "lce", "csd", "symmetric"])
+def test_every_scheme_runs(setup, tmp_path, scheme):
+    kw = {"gallery_features": ("syn_g",)} if scheme in ("bct", "reg", "lce", "csd") else {}
+    cfg = _cfg(setup, scheme=scheme, epochs=2, stage1_epochs=1, csd_k=4, **kw)
+    res = train_aff(cfg, out_dir=tmp_path)
+    assert res.query_net is not None
+    assert np.isfinite(res.history[-1]["loss"])
+    assert "val_asym_mAP_medium" in res.history[-1]
+    if scheme in ("bct", "reg", "lce", "csd"):
+        assert res.query_net.embed_dim == GD
+    if scheme == "two_stage":
+        assert [h["stage"] for h in res.history] == ["mixer", "query"]
+
+
+def test_ema_classifier_follows_the_formula_after_one_step(setup):
+    from asymfuse.cloud.train.aff_setup import build_system, prepare_data
+
+    cfg = _cfg(setup, alpha=0.99)
+    data = prepare_data(cfg, is_main=True, barrier=lambda: None)
+    system = build_system(cfg, data, device=torch.device("cpu"))
+    system.set_stage("joint")
+    opt = torch.optim.SGD([p for p in system.parameters() if p.requires_grad], lr=0.5)
+    w_q0 = system.ema.weight.clone()
+    idx = np.arange(8)
+    images = torch.randn(8, 3, 64, 64)
+    labels = torch.as_tensor(data.training_set.labels[idx])
+    out = system(images, data.table.inputs(idx), labels)
+    opt.zero_grad()
+    out["loss"].backward()
+    assert system.ema.weight.grad is None
+    opt.step()
+    w_mix1 = system.head_mix.weight.detach().clone()
+    assert not torch.equal(w_mix1, w_q0)
+    system.after_step()
+    torch.testing.assert_close(system.ema.weight, 0.99 * w_q0 + 0.01 * w_mix1, rtol=0, atol=0)
+
+
+def test_nproc_larger_than_samples_is_refused(setup, tmp_path):
+    from asymfuse.cloud.train.aff_trainer import _Run
+    from asymfuse.cloud.train.distributed import DistEnv
+
+    cfg = _cfg(setup, batch_size=10_000)
+    run = _Run(cfg, tmp_path, DistEnv(rank=0, world_size=10_000), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="nproc_per_node"):
+        run._setup()
+
+
+def test_batch_larger_than_training_set_is_refused(setup, tmp_path):
+    with pytest.raises(ConfigError, match="lower batch_size"):
+        train_aff(_cfg(setup, batch_size=4096), out_dir=tmp_path)
+
+
+DDP_WORKER = """
+import json, os, sys
+import torch
+from asymfuse.cloud.train.aff_config import config_from_dict
+from asymfuse.cloud.train.aff_trainer import train_aff
+cfg = config_from_dict(json.loads(open(sys.argv[1]).read()))
+res = train_aff(cfg, out_dir=sys.argv[2])
+torch.save({"q": res.query_net.state_dict(), "m": res.mixer.state_dict(), "history": res.history},
+           os.path.join(sys.argv[2], "final-" + os.environ["RANK"] + ".pt"))
+"""
+
+
+def test_ddp_two_gloo_processes_match_one_process(setup, tmp_path):
+    """2 ranks x batch 4 == 1 rank x batch 8: same samples per step, averaged gradients.
+
+    Tolerance 1e-5 (float32 reduction order differs between the all-reduce and one batch).
+    BatchNorm is frozen (bn_mode=frozen): per-rank batch statistics would differ by design.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cfg = _cfg(setup, epochs=2, batch_size=8, val_every=2)
+    single = train_aff(cfg, out_dir=tmp_path / "one")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    (tmp_path / "two").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(tmp_path / "worker.py"), str(tmp_path / "cfg.json"), str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0 = torch.load(tmp_path / "two" / "final-0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "two" / "final-1.pt", weights_only=False)
+    for part, ref in (("q", single.query_net.state_dict()), ("m", single.mixer.state_dict())):
+        for k, v in ref.items():
+            torch.testing.assert_close(r0[part][k], v, rtol=0, atol=1e-5, msg=f"{part}.{k} rank0 vs 1 proc")
+            torch.testing.assert_close(r1[part][k], r0[part][k], rtol=0, atol=0, msg=f"{part}.{k} rank1 vs rank0")
+    # the EMA classifier is identical on both ranks and equals the single-process one
+    assert [h["loss"] for h in r0["history"]] == pytest.approx([h["loss"] for h in single.history], abs=1e-5)
+    assert (tmp_path / "two" / "mixer.pt").is_file()
