@@ -1,9 +1,10 @@
-"""``asymfuse demo``: benchmark -> real gallery features -> faiss search -> mAP table.
+"""``asymfuse demo``: benchmark -> real gallery features -> faiss search -> AFF training -> mAP table.
 
 Steps: build the embedded benchmark; extract the test split's gallery and (bbx-cropped) queries
 with real global models and SIFT into feature stores; aggregate SIFT with a VLAD codebook learnt
 on the *train* split; search each single feature and the naive concatenations with an exact faiss
-index; write the table as Markdown and JSON.
+index; train the quick-tier joint AFF setting (mixer + Lite0 query net) and add its symmetric
+and asymmetric rows; write the table as Markdown and JSON.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from asymfuse.cloud.bench.aff_bench import QUICK_TRAIN
 from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, dataset_name
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.data.revisitop import load_revisitop
+from asymfuse.cloud.demo.aff_stage import aff_config, run_aff_stage
 from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
 from asymfuse.cloud.eval.report import markdown_table, write_json
 from asymfuse.cloud.features.aggregate import train_vlad_codebook, vlad
@@ -44,6 +47,8 @@ class DemoConfig:
     device: str = "cpu"
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     progress: bool = True
+    aff: bool = True  # train the quick-tier joint AFF setting and add its rows
+    aff_overrides: tuple[tuple[str, Any], ...] = ()  # (TrainConfig key, value) pairs, e.g. (("epochs", 1),)
 
     def __post_init__(self) -> None:
         if len(self.global_extractors) + len(self.local_extractors) < 1:
@@ -128,18 +133,34 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for keys in combos:
         xq, xb = concat([vectors[k][0] for k in keys]), concat([vectors[k][1] for k in keys])
         rows.append(_row("concat(" + " + ".join(keys) + ")", "concat", xq, xb, test))
+    aff_info: dict[str, Any] = {}
+    t_aff = 0.0
+    if cfg.aff:
+        t1 = time.perf_counter()
+        aff_cfg = aff_config(bench_root=bench.root, features_dir=out / "features", device=cfg.device, seed=cfg.seed,
+                             progress=cfg.progress, gallery_features=QUICK_TRAIN["gallery_features"],
+                             **dict(cfg.aff_overrides))
+        aff_rows, aff_info = run_aff_stage(aff_cfg, test=test, out_dir=out / "aff")
+        rows.extend(aff_rows)
+        t_aff = time.perf_counter() - t1
     total = time.perf_counter() - t0
     report = {
         "title": "asymfuse demo: single gallery features vs naive concatenation (test split)",
         "dataset": {"name": test.name, "queries": test.nq, "gallery": test.nb, "root": str(test.root)},
         "rows": rows,
-        "timing_s": {"benchmark": round(t_bench, 1), "extract": round(t_extract, 1), "total": round(total, 1)},
+        "timing_s": {"benchmark": round(t_bench, 1), "extract": round(t_extract, 1), "aff": round(t_aff, 1),
+                     "total": round(total, 1)},
+        "aff": aff_info,
         "config": asdict(cfg),
     }
     table = markdown_table(rows, COLUMNS)
     md = (f"# {report['title']}\n\nDataset `{test.name}` test split: {test.nq} queries, "
           f"{test.nb} gallery images (revisitop protocol, mAP in %).\n\n{table}\n\n"
-          f"Runtime: {total:.1f} s (benchmark {t_bench:.1f} s, features {t_extract:.1f} s).\n")
+          f"Runtime: {total:.1f} s (benchmark {t_bench:.1f} s, features {t_extract:.1f} s, "
+          f"AFF training + eval {t_aff:.1f} s).\n")
+    if aff_info:
+        md += (f"\nAFF (quick tier, joint, alpha={aff_cfg.alpha}): best val epoch {aff_info['best_epoch']}, "
+               f"embedding space `{aff_info['embedding_space_id']}`; models and curves in `{aff_info['run_dir']}`.\n")
     atomic_write_text(out / "report.md", md)
     write_json(out / "report.json", report)
     report["markdown"] = md

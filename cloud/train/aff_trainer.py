@@ -53,7 +53,10 @@ STATE_FORMAT = "asymfuse.aff_train/1"
 
 @dataclass
 class TrainResult:
-    """A finished run: the best models (eval mode, CPU) and what happened."""
+    """A finished run: the best models (eval mode, CPU) and what happened.
+
+    ``extra["psi_q"]``: the query-side (EMA) classifier ``(C, d)`` when the scheme has one.
+    """
 
     config: TrainConfig
     out_dir: Path
@@ -307,7 +310,8 @@ class _Run:
                                extra={"scheme": self.cfg.scheme, "best_epoch": self.best["epoch"]})
         return TrainResult(config=self.cfg, out_dir=self.out, schema=schema, mixer=s.mixer, query_net=s.query_net,
                            history=self.history, best_epoch=int(self.best["epoch"]), checkpoint=best_path,
-                           embedding_space_id=space, runtime_s=time.perf_counter() - self.t0)
+                           embedding_space_id=space, runtime_s=time.perf_counter() - self.t0,
+                           extra={"psi_q": None if s.ema is None else s.ema.weight.detach().clone()})
 
     def _space_id(self, schema: GallerySchema | None) -> str:
         s = self.system

@@ -28,10 +28,14 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     photos = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text")
     cfg = DemoConfig(out_dir=str(tmp_path / "demo"), global_extractors=("gem_lite1",),
                      local_extractors=("sift",), vlad_words=8, codebook_images=20, progress=False,
-                     benchmark=BenchmarkConfig(photos=photos, n_views=3))
+                     benchmark=BenchmarkConfig(photos=photos, n_views=3),
+                     aff_overrides=(("epochs", 1), ("input_size", 64), ("preload_side", 80), ("dim", 64)))
     report = run_demo(cfg)
     names = [r["feature"] for r in report["rows"]]
-    assert names == ["gem_lite1", "sift+vlad8", "concat(gem_lite1 + sift+vlad8)"]
+    assert names[:3] == ["gem_lite1", "sift+vlad8", "concat(gem_lite1 + sift+vlad8)"]
+    assert [r["kind"] for r in report["rows"][3:]] == ["AFF symmetric", "AFF asymmetric"]
+    for name in ("mixer.pt", "query_net.pt", "best.pt", "curves.png", "metrics.jsonl"):
+        assert (tmp_path / "demo" / "aff" / name).is_file(), name
     for row in report["rows"]:
         for key in ("mAP_easy", "mAP_medium", "mAP_hard"):
             assert 0.0 <= row[key] <= 100.0
@@ -50,5 +54,6 @@ def test_readme_demo_command(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert len(report["rows"]) == 5 and report["dataset"]["queries"] >= 20
+    assert len(report["rows"]) == 7 and report["dataset"]["queries"] >= 20
+    assert report["aff"]["embedding_space_id"].startswith("es-")
     assert "concat(gem_lite1 + gem_lite2 + sift+vlad32)" in res.stdout

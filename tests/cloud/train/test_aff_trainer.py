@@ -196,7 +196,8 @@ from asymfuse.cloud.train.aff_config import config_from_dict
 from asymfuse.cloud.train.aff_trainer import train_aff
 cfg = config_from_dict(json.loads(open(sys.argv[1]).read()))
 res = train_aff(cfg, out_dir=sys.argv[2])
-torch.save({"q": res.query_net.state_dict(), "m": res.mixer.state_dict(), "history": res.history},
+torch.save({"q": res.query_net.state_dict(), "m": res.mixer.state_dict(), "history": res.history,
+            "psi_q": res.extra["psi_q"]},
            os.path.join(sys.argv[2], "final-" + os.environ["RANK"] + ".pt"))
 """
 
@@ -230,5 +231,29 @@ def test_ddp_two_gloo_processes_match_one_process(setup, tmp_path):
             torch.testing.assert_close(r0[part][k], v, rtol=0, atol=1e-5, msg=f"{part}.{k} rank0 vs 1 proc")
             torch.testing.assert_close(r1[part][k], r0[part][k], rtol=0, atol=0, msg=f"{part}.{k} rank1 vs rank0")
     # the EMA classifier is identical on both ranks and equals the single-process one
+    torch.testing.assert_close(r1["psi_q"], r0["psi_q"], rtol=0, atol=0)
+    torch.testing.assert_close(r0["psi_q"], single.extra["psi_q"], rtol=0, atol=1e-5)
     assert [h["loss"] for h in r0["history"]] == pytest.approx([h["loss"] for h in single.history], abs=1e-5)
     assert (tmp_path / "two" / "mixer.pt").is_file()
+
+
+def test_bf16_autocast_channels_last_and_loader_workers(setup, tmp_path):
+    """The GPU-oriented switches run on CPU: bf16 autocast, channels_last, 1 DataLoader worker."""
+    cfg = _cfg(setup, epochs=1, precision="bf16", channels_last=True, workers=1, pin_memory=True)
+    res = train_aff(cfg, out_dir=tmp_path)
+    assert np.isfinite(res.history[0]["loss"]) and res.history[0]["loss"] > 0
+    assert res.query_net.spec.embedding_space_id == res.embedding_space_id
+
+
+def test_class_with_one_image_is_refused_before_training(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    for cls, n in (("a", 3), ("b", 1)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(root / cls / f"{i}.jpg")
+    cfg = TrainConfig(scheme="symmetric", data_source="folder", data_root=str(root), query_arch="mobilenet_v2",
+                      query_pretrained=False, input_size=32, dim=8, mixer_heads=1, batch_size=2, progress=False)
+    with pytest.raises(ConfigError, match="'b'"):
+        train_aff(cfg, out_dir=tmp_path / "run")

@@ -1,0 +1,55 @@
+"""The demo's AFF stage: train the quick-tier joint AFF setting, then score it on the test split.
+
+It reuses the demo's feature cache (``<out>/features/<name>/<part>/...``): the test features the
+single-feature rows extracted are read again here, and train/val features are extracted once.
+Rows: the fused gallery on both sides (symmetric), and the Lite0 query net against the fused
+gallery (asymmetric). The run folder ``<out>/aff`` keeps the checkpoints, models and curves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asymfuse.cloud.bench.aff_bench import QUICK_TRAIN
+from asymfuse.cloud.bench.aff_report import BenchRow, plot_curves
+from asymfuse.cloud.data.records import RetrievalDataset
+from asymfuse.cloud.train.aff_config import TrainConfig
+from asymfuse.cloud.train.aff_data import load_gallery_table
+from asymfuse.cloud.train.aff_eval import embed_queries, evaluate_aff, fuse_table
+from asymfuse.cloud.train.aff_trainer import train_aff
+from asymfuse.cloud.train.feature_cache import ensure_dataset_features
+
+
+def aff_config(*, bench_root: Path, features_dir: Path, gallery_features: tuple[str, ...], device: str,
+               seed: int, progress: bool, **overrides: Any) -> TrainConfig:
+    """The quick-tier joint setting over the demo's gallery features."""
+    values = {**QUICK_TRAIN, "scheme": "joint", "gallery_features": gallery_features, "data_root": str(bench_root),
+              "features_dir": str(features_dir), "device": device, "seed": seed, "progress": progress, **overrides}
+    return TrainConfig().replace(**values)
+
+
+def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) -> tuple[list[dict[str, Any]], dict]:
+    """Train, then evaluate on ``test``; returns (demo table rows, info about the run)."""
+    result = train_aff(cfg, out_dir=out_dir)
+    feats = Path(cfg.features_dir)
+    for name in cfg.gallery_features:
+        ensure_dataset_features(name, test, features_dir=feats, part="test", device=cfg.device, progress=cfg.progress)
+    tables = {side: load_gallery_table([feats / n / "test" / side for n in cfg.gallery_features],
+                                       ids=list(test.gallery_ids if side == "gallery" else test.query_ids),
+                                       local_tokens=cfg.local_tokens) for side in ("gallery", "queries")}
+    xb = fuse_table(result.mixer, tables["gallery"])
+    sym = evaluate_aff(dataset=test, query_vectors=fuse_table(result.mixer, tables["queries"]), gallery_vectors=xb)
+    asym = evaluate_aff(dataset=test, query_vectors=embed_queries(result.query_net, test), gallery_vectors=xb)
+    fused = "AFF(" + " + ".join(cfg.gallery_features) + ")"
+    rows = [{"feature": f"{fused} → {fused}", "kind": "AFF symmetric", "dim": cfg.dim, **sym},
+            {"feature": f"{cfg.query_arch}@{cfg.input_size} → {fused}", "kind": "AFF asymmetric", "dim": cfg.dim,
+             **asym}]
+    curve = BenchRow(block="asymmetric", row="joint", setting="demo quick joint",
+                     mAP_medium=asym["mAP_medium"], mAP_hard=asym["mAP_hard"], history=tuple(
+                         {k: v for k, v in h.items() if k != "step_losses"} for h in result.history))
+    plot_curves([curve], out_dir / "curves.png")
+    info = {"run_dir": str(out_dir), "best_epoch": result.best_epoch, "embedding_space_id": result.embedding_space_id,
+            "train_runtime_s": round(result.runtime_s, 1), "checkpoint": str(result.checkpoint),
+            "query_net": str(out_dir / "query_net.pt"), "mixer": str(out_dir / "mixer.pt")}
+    return rows, info
