@@ -112,7 +112,7 @@ def fit_gallery_classifier(features: np.ndarray | torch.Tensor, labels: np.ndarr
     _validate_fit_args(num_classes=num_classes, epochs=epochs, lr=lr, batch_size=batch_size)
     _check_scale_margin(scale, margin)
     x = _as_features(features)
-    y = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
+    y = torch.as_tensor(np.array(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
     y = _check_labels(y, batch=x.shape[0], num_classes=num_classes)
     dev = resolve_device(device)
     head = ArcFaceHead(dim=x.shape[1], num_classes=num_classes, scale=scale, margin=margin, seed=seed)

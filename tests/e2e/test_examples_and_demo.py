@@ -57,3 +57,19 @@ def test_readme_demo_command(tmp_path):
     assert len(report["rows"]) == 7 and report["dataset"]["queries"] >= 20
     assert report["aff"]["embedding_space_id"].startswith("es-")
     assert "concat(gem_lite1 + gem_lite2 + sift+vlad32)" in res.stdout
+
+
+@pytest.mark.slow
+def test_bench_aff_quick_tier(tmp_path):
+    """`asymfuse bench aff --quick` end to end: every row of the table is filled, files written."""
+    exe = Path(sys.executable).with_name("asymfuse")
+    res = subprocess.run([str(exe), "bench", "aff", "--quick", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-4000:]
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    failed = [r for r in report["rows"] if r["status"] != "ok"]
+    assert not failed, failed
+    blocks = {r["block"] for r in report["rows"]}
+    assert blocks == {"symmetric", "robustness", "asymmetric", "query archs"}
+    for name in ("report.md", "curves.png", "map_vs_gflops.png"):
+        assert (tmp_path / "b" / name).is_file(), name

@@ -254,6 +254,10 @@ def test_class_with_one_image_is_refused_before_training(tmp_path):
         for i in range(n):
             Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(root / cls / f"{i}.jpg")
     cfg = TrainConfig(scheme="symmetric", data_source="folder", data_root=str(root), query_arch="mobilenet_v2",
-                      query_pretrained=False, input_size=32, dim=8, mixer_heads=1, batch_size=2, progress=False)
+                      query_pretrained=False, input_size=32, dim=8, mixer_heads=1, batch_size=2, epochs=1,
+                      progress=False)
     with pytest.raises(ConfigError, match="'b'"):
         train_aff(cfg, out_dir=tmp_path / "run")
+    Image.new("RGB", (32, 32), (0, 90, 0)).save(root / "b" / "1.jpg")  # now every class has 2+ images
+    res = train_aff(cfg, out_dir=tmp_path / "run")  # image-folder source, no val split: last epoch is best
+    assert res.best_epoch == 1 and (tmp_path / "run" / "query_net.pt").is_file()
