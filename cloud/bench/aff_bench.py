@@ -67,8 +67,10 @@ QUICK_TRAIN: dict[str, Any] = {
     "mixer_heads": 4, "local_tokens": 32, "preload_side": 160, "optimizer": "adamw", "lr": 3e-4,
     "gallery_features": ("gem_lite1", "sift"),
 }
-DEFAULT_TRAIN: dict[str, Any] = {**QUICK_TRAIN, "input_size": 160, "preload_side": 200, "epochs": 12,
-                                 "stage1_epochs": 6, "gallery_features": ("gem_lite1", "gem_lite2", "local_lite2")}
+# Default tier: 3 gallery features, 10 epochs, 4 query archs; 128 px keeps the ~10 query-net runs
+# inside 45 minutes on 2 CPU cores (160 px measured ~25 s/epoch, which would not fit).
+DEFAULT_TRAIN: dict[str, Any] = {**QUICK_TRAIN, "epochs": 10, "stage1_epochs": 5,
+                                 "gallery_features": ("gem_lite1", "gem_lite2", "local_lite2")}
 QUICK_QUERY_ARCHS: tuple[str, ...] = ("efficientnet_lite0",)
 DEFAULT_QUERY_ARCHS: tuple[str, ...] = ("efficientnet_lite0", "mobilenet_v2", "shufflenet_v2_x1_0",
                                         "efficientnet_b0")

@@ -196,7 +196,9 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "history": self.history, "best": self.best,
                 "bad_checks": self.bad_checks, "schema": None if self.data.table is None else
-                self.data.table.schema.to_dict(), "class_names": list(self.data.training_set.class_names)}
+                self.data.table.schema.to_dict(), "class_names": list(self.data.training_set.class_names),
+                "spec": None if self.system.query_net is None else self.system.query_net.spec.to_json(),
+                "mixer_config": None if self.system.mixer is None else self.system.mixer.config()}
 
     # --------------------------------------------------------------------------------------- loop
     def run(self, *, resume: bool, stop_after_epochs: int | None) -> TrainResult:

@@ -105,6 +105,9 @@ def test_joint_run_shares_one_space_id_and_another_mixer_differs(setup, tmp_path
     from asymfuse.cloud.train.artifacts import load_mixer
 
     res = train_aff(_cfg(setup, epochs=1), out_dir=tmp_path / "a")
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "rng", "config", "spec", "mixer_config"} <= set(state)
+    assert "ema.weight" in state["model"]
     _, info = load_mixer(tmp_path / "a" / "mixer.pt")
     net = load_query_net(tmp_path / "a" / "query_net.pt")
     assert info["embedding_space_id"] == net.spec.embedding_space_id == res.embedding_space_id
