@@ -28,7 +28,7 @@ def test_tiers_share_one_base_config_and_differ_where_documented():
     for key, value in QUICK_TRAIN.items():
         assert getattr(quick.train, key) == value, key
     diff = quick.train.differences(default.train)
-    assert set(diff) == {"input_size", "epochs", "stage1_epochs"}
+    assert set(diff) == {"gallery_features", "epochs", "stage1_epochs"}
     assert 0 < default.train.stage1_epochs < default.train.epochs  # the two-stage row is valid
     with pytest.raises(UnknownNameError):
         AFFBenchConfig.preset("slow")

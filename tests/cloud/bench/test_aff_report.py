@@ -96,6 +96,11 @@ def test_claims_are_checked_on_the_table():
     rows.append(BenchRow("asymmetric", ROW_TWO_STAGE, "two-stage", 65.0, 31.0))
     flipped = {c["claim"]: c for c in check_claims(rows)}
     assert flipped["joint training beats two-stage training"]["held"] is False
+    assert flipped["joint training beats two-stage training"]["verdict"] == "did not hold"
+    rows = [r for r in fabricated_rows() if r.row != ROW_TWO_STAGE]
+    rows.append(BenchRow("asymmetric", ROW_TWO_STAGE, "two-stage", 60.5, 31.0))  # 61.0 vs 60.5
+    tie = {c["claim"]: c for c in check_claims(rows)}["joint training beats two-stage training"]
+    assert tie["held"] is True and tie["verdict"].startswith("within noise")
 
 
 def test_bad_rows_and_reports(tmp_path):
