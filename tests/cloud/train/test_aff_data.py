@@ -13,7 +13,6 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import asymfuse.cloud.features.store as store_module
-from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark
 from asymfuse.cloud.data.gldv2 import load_gldv2_train
 from asymfuse.cloud.data.records import TrainingSet
 from asymfuse.cloud.data.registry import create_dataset
@@ -31,16 +30,8 @@ from asymfuse.edge.errors import ConfigError, CorruptDataError, UnknownNameError
 from asymfuse.edge.preprocess import load_image, preprocess
 from asymfuse.edge.spec import ModelSpec
 
-SMALL = BenchmarkConfig(seed=3, photos=("astronaut", "camera", "chelsea", "coffee", "coins", "rocket"),
-                        n_views=3, image_max_side=128, distractors_per_split=2, multiview_distractors=2)
 SPEC = ModelSpec(arch="t", embed_dim=8, input_size=(40, 48), embedding_space_id="es-test",
                  mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    # one build per session: later modules reuse the identical build at the same path
-    return build_benchmark(tmp_path_factory.getbasetemp() / "aff-small-bench", config=SMALL)
 
 
 @pytest.fixture(scope="module")

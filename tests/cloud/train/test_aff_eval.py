@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, dataset_name
+from asymfuse.cloud.data.benchmark import dataset_name
 from asymfuse.cloud.data.registry import create_dataset
 from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
@@ -19,18 +19,11 @@ from asymfuse.cloud.train.aff_eval import embed_images, embed_queries, evaluate_
 from asymfuse.edge.errors import ConfigError, ShapeError
 from asymfuse.edge.preprocess import load_image, preprocess
 
-SMALL = BenchmarkConfig(seed=3, photos=("astronaut", "camera", "chelsea", "coffee", "coins", "rocket"),
-                        n_views=3, image_max_side=128, distractors_per_split=2, multiview_distractors=2)
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    return build_benchmark(tmp_path_factory.getbasetemp() / "aff-small-bench", config=SMALL)
 
 
 @pytest.fixture(scope="module")
 def test_split(bench):
-    return create_dataset("revisitop", root=bench.root / "test", name=dataset_name(SMALL.name, "test"))
+    return create_dataset("revisitop", root=bench.root / "test", name=dataset_name(bench.config.name, "test"))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
 from asymfuse.cloud.features.store import create_store_from_arrays
 from asymfuse.cloud.train.aff_config import TrainConfig
@@ -20,8 +19,6 @@ from asymfuse.cloud.train.aff_trainer import read_metrics, train_aff
 from asymfuse.cloud.train.feature_cache import training_ids
 from asymfuse.edge.errors import ConfigError
 
-SMALL = BenchmarkConfig(seed=3, photos=("astronaut", "camera", "chelsea", "coffee", "coins", "rocket"),
-                        n_views=3, image_max_side=128, distractors_per_split=2, multiview_distractors=2)
 GD, LD, L = 24, 8, 6
 
 
@@ -63,9 +60,8 @@ def _write(root, ids, kind, seed):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, bench):
     base = tmp_path_factory.mktemp("aff")
-    bench = build_benchmark(base / "bench", config=SMALL)
     feats = base / "features"
     cfg = TrainConfig(data_root=str(bench.root), features_dir=str(feats))
     ts = load_training_set("benchmark", bench.root)

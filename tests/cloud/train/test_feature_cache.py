@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import asymfuse.cloud.train.feature_cache as feature_cache
-from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, dataset_name
+from asymfuse.cloud.data.benchmark import dataset_name
 from asymfuse.cloud.data.registry import create_dataset
 from asymfuse.cloud.features.base import GlobalFeatures
 from asymfuse.cloud.features.extract import default_ids
@@ -23,13 +23,6 @@ from asymfuse.cloud.train.feature_cache import (
 from asymfuse.edge.errors import ConfigError, UnknownNameError
 from asymfuse.edge.preprocess import load_image
 
-SMALL = BenchmarkConfig(seed=3, photos=("astronaut", "camera", "chelsea", "coffee", "coins", "rocket"),
-                        n_views=3, image_max_side=128, distractors_per_split=2, multiview_distractors=2)
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    return build_benchmark(tmp_path_factory.getbasetemp() / "aff-small-bench", config=SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def train_set(bench):
 
 @pytest.fixture(scope="module")
 def test_split(bench):
-    return create_dataset("revisitop", root=bench.root / "test", name=dataset_name(SMALL.name, "test"))
+    return create_dataset("revisitop", root=bench.root / "test", name=dataset_name(bench.config.name, "test"))
 
 
 def _no_extractor(name, **kw):
