@@ -31,3 +31,14 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("- not a mapping\n")
     assert main(["train", "aff", "--config", str(path)]) == 2
+
+
+def test_flops_command_prints_a_table(capsys):
+    from asymfuse.cloud.models.flops import query_net_cost
+
+    assert main(["flops", "--arch", "shufflenet_v2_x1_0", "--size", "128", "--size", "224"]) == 0
+    out = capsys.readouterr().out
+    want = query_net_cost("shufflenet_v2_x1_0", size=224)
+    assert f"| shufflenet_v2_x1_0 | 224 | {want['params_m']:.2f} | {want['gflops']:.2f} |" in out
+    assert "| shufflenet_v2_x1_0 | 128 |" in out
+    assert main(["flops", "--arch", "resnet9000"]) == 2
