@@ -14,7 +14,6 @@ from asymfuse.cloud.data.benchmark import dataset_name, open_benchmark
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.data.revisitop import load_revisitop
 from asymfuse.cloud.losses import fit_gallery_classifier
-from asymfuse.cloud.models.fusion import GallerySchema
 from asymfuse.cloud.models.mixers import create_mixer
 from asymfuse.cloud.models.query_net import QueryNet, create_query_net
 from asymfuse.cloud.train.aff_config import SINGLE_GALLERY_SCHEMES, TrainConfig
@@ -145,13 +144,3 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
         query_net.to(memory_format=torch.channels_last)
     return system
 
-
-def check_schema(schema: GallerySchema, cfg: TrainConfig) -> None:
-    """The stores must be the features the config names, in order.
-
-    Raises:
-        ConfigError: they differ (name the fix).
-    """
-    if tuple(schema.names) != tuple(cfg.gallery_features) and sorted(schema.names) != sorted(cfg.gallery_features):
-        raise ConfigError(f"the feature stores hold {list(schema.names)} but the config names "
-                          f"{list(cfg.gallery_features)}; fix gallery_features or features_dir")

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from asymfuse.cloud.device import autocast
 from asymfuse.cloud.models.checkpoint import save_query_net
 from asymfuse.cloud.models.fusion import GallerySchema
-from asymfuse.cloud.models.query_net import QueryNet
+from asymfuse.cloud.models.query_net import QueryNet, default_space_id
 from asymfuse.cloud.train.aff_config import RESUME_SAFE_FIELDS, SINGLE_GALLERY_SCHEMES, TrainConfig
 from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
 from asymfuse.cloud.train.aff_setup import AFFData, build_system, prepare_data
@@ -321,8 +321,6 @@ class _Run:
             return fused_space_id(schema, s.mixer, s.mixer.config())
         if self.cfg.scheme in SINGLE_GALLERY_SCHEMES:
             return single_gallery_space_id(schema)
-        from asymfuse.cloud.models.query_net import default_space_id
-
         return default_space_id(s.query_net)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from asymfuse.cloud.train.aff_data import GalleryTable
-from asymfuse.cloud.train.aff_eval import embed_queries, evaluate_aff, fuse_table
+from asymfuse.cloud.train.aff_eval import embed_images, embed_queries, evaluate_aff, fuse_table
 from asymfuse.cloud.train.aff_model import AFFSystem
 from asymfuse.cloud.train.aff_setup import ValData
 
@@ -38,18 +38,12 @@ def validate(system: AFFSystem, val: ValData, *, device: torch.device) -> dict[s
         if system.query_net is not None and system.stage != "mixer":
             xq = embed_queries(system.query_net, val.dataset, device=device)
             if xb is None:  # symmetric scheme: the query net on the gallery too
-                xb = _embed_gallery(system, val, device=device)
+                xb = embed_images(system.query_net, list(val.dataset.gallery_paths), device=device)
             out.update(_prefixed("val_asym_", evaluate_aff(dataset=val.dataset, query_vectors=xq,
                                                            gallery_vectors=xb)))
     finally:
         system.train(was_training)
     return out
-
-
-def _embed_gallery(system: AFFSystem, val: ValData, *, device: torch.device) -> np.ndarray:
-    from asymfuse.cloud.train.aff_eval import embed_images
-
-    return embed_images(system.query_net, list(val.dataset.gallery_paths), device=device)
 
 
 def _prefixed(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
