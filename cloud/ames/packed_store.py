@@ -1,0 +1,411 @@
+"""The binary AMES gallery store: each image's top-L local descriptors as packed sign bits.
+
+One folder, written to a temp folder beside it and renamed into place:
+
+- ``ames_store.json``: the manifest: ``format`` ``"asymfuse-ames-packed"``, ``version`` 1,
+  ``num_items``, ``max_local`` (L), ``bits``, ``bytes_per_descriptor`` (``bits // 8``),
+  ``projection_sha256`` (sha256 of the model's ``W`` as float32 bytes), ``local_feature`` and
+  ``extractor_id`` (from the source feature store), and ``files``: name, bytes and sha256 of each file.
+- ``ids.json``: the ``N`` item ids, in the source store's row order.
+- ``codes.npy``: uint8 ``(N, L, bits // 8)``, ``pack_signs(normalize(x) @ W >= 0)``
+  (:mod:`asymfuse.cloud.ames.binary`); an image's valid descriptors are compacted to the front,
+  keeping the source order (detector score), truncated to L; the remaining slots are zero.
+- ``counts.npy``: int32 ``(N,)``, valid descriptors per image (``<= L``).
+
+At L = 48 and 128 bits an image takes 768 bytes of codes. :class:`PackedLocalStore` serves the
+codes to the scorer as tokens (the ``GalleryLocals`` protocol of :mod:`asymfuse.cloud.ames.sources`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from asymfuse.cloud.ames.binary import pack_signs, unpack_signs_torch
+from asymfuse.cloud.ames.model import AMES
+from asymfuse.cloud.ames.packed_format import (
+    FILES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    REBUILD,
+    check_file,
+    check_sizes,
+    load_ids,
+    load_npy,
+    read_manifest,
+)
+from asymfuse.cloud.device import resolve_device
+from asymfuse.cloud.features.base import LocalFeatures
+from asymfuse.cloud.features.store_format import sha256_file
+from asymfuse.cloud.features.store_reader import FeatureStore
+from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
+from asymfuse.edge.fileio import fsync_dir
+
+TMP_PREFIX = ".tmp-"
+
+
+def projection_digest(model: AMES) -> str:
+    """sha256 hex digest of a binary model's ``W`` as C-ordered float32 bytes.
+
+    Raises:
+        ConfigError: the model is full-precision.
+    """
+    _require_binary(model, "a packed local store")
+    w = model.remap_local[0].W.detach().to("cpu", torch.float32).contiguous().numpy()
+    return hashlib.sha256(w.tobytes()).hexdigest()
+
+
+def _require_binary(model: AMES, what: str) -> None:
+    if not isinstance(model, AMES) or not model.cfg.binary:
+        raise ConfigError(f"{what} needs a binary AMES (binary=True); this model is full-precision: "
+                          "use a binary checkpoint, or score float descriptors with ArrayLocals")
+
+
+# ------------------------------------------------------------------------------------ build
+
+
+def build_packed_store(model: AMES, local: FeatureStore, out: str | os.PathLike[str], *, max_local: int,
+                       batch_size: int = 64, device: str | torch.device = "cpu",
+                       overwrite: bool = False) -> PackedLocalStore:
+    """Binarise and pack the local features of ``local`` with ``model``'s ``W`` into folder ``out``.
+
+    Args:
+        model: a binary AMES; only ``remap_local[0].W`` is used (training mode is irrelevant).
+        local: a local feature store with ``model.cfg.local_dim``-d descriptors.
+        max_local: L, descriptors kept per image (the first L valid slots, in store order).
+        overwrite: replace an existing packed store at ``out``.
+
+    Returns:
+        The new store, opened.
+
+    Raises:
+        ConfigError: fp model, not a local store, bad options, or ``out`` exists (and not
+            ``overwrite``, or it is not a packed store).
+        ShapeError: the descriptor dimension is not the model's ``local_dim``.
+        CorruptDataError: NaN/inf in a valid descriptor (the message names the item); nothing is
+            left at ``out`` or in temp files.
+    """
+    _require_binary(model, "build_packed_store")
+    if local.kind != "local":
+        raise ConfigError(f"build_packed_store needs a local feature store, {local.root} is {local.kind}")
+    if local.dim != model.cfg.local_dim:
+        raise ShapeError(f"feature store {local.root} holds {local.dim}-d descriptors but the model expects "
+                         f"{model.cfg.local_dim}-d; use the local feature the model was trained on")
+    for name, value in (("max_local", max_local), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    target = Path(out)
+    _check_target(target, overwrite=overwrite)
+    tmp = target.parent / f"{TMP_PREFIX}{target.name}.{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        _write_folder(model, local, tmp, max_local=max_local, batch_size=batch_size, device=resolve_device(device))
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PackedLocalStore.open(target, model=model)
+
+
+def _check_target(target: Path, *, overwrite: bool) -> None:
+    if not target.parent.is_dir() or not os.access(target.parent, os.W_OK):
+        raise ConfigError(f"cannot write {target}: folder {target.parent} is missing or not writable")
+    if not target.exists():
+        return
+    if not overwrite:
+        raise ConfigError(f"{target} already exists; pass overwrite=True to replace it or choose another folder")
+    if not target.is_dir() or any(p.name not in {MANIFEST, *FILES.values()} for p in target.iterdir()):
+        raise ConfigError(f"{target} is not a packed local store (it holds other files); refusing to replace "
+                          "it: choose another folder")
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.parent / f"{TMP_PREFIX}old-{target.name}.{secrets.token_hex(4)}"
+        os.replace(target, old)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_folder(model: AMES, local: FeatureStore, folder: Path, *, max_local: int, batch_size: int,
+                  device: torch.device) -> None:
+    ids = local.ids
+    bits = model.cfg.model_dim
+    shape = (len(ids), max_local, bits // 8)
+    codes = (np.lib.format.open_memmap(folder / FILES["codes"], mode="w+", dtype=np.uint8, shape=shape)
+             if ids else np.zeros(shape, np.uint8))
+    counts = np.zeros(len(ids), dtype=np.int32)
+    w = model.remap_local[0].W.detach().to(device=device, dtype=torch.float32)
+    start = 0
+    for batch_ids, feats in local.iter_batches(batch_size):
+        if not isinstance(feats, LocalFeatures):
+            raise ConfigError(f"build_packed_store needs a local feature store, {local.root} is not one")
+        stop = start + len(batch_ids)
+        codes[start:stop], counts[start:stop] = _encode(feats, w, batch_ids, max_local=max_local, root=local.root)
+        start = stop
+    if isinstance(codes, np.memmap):
+        codes.flush()
+        del codes
+    else:
+        np.save(folder / FILES["codes"], codes)
+    np.save(folder / FILES["counts"], counts)
+    (folder / FILES["ids"]).write_text(json.dumps(ids), encoding="utf-8")
+    meta = local.meta
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "num_items": len(ids), "max_local": max_local,
+                "bits": bits, "bytes_per_descriptor": bits // 8, "projection_sha256": projection_digest(model),
+                "local_feature": meta.get("extractor_name"), "extractor_id": meta.get("extractor_id"),
+                "files": {}}
+    for key, name in FILES.items():
+        path = folder / name
+        _fsync(path)
+        manifest["files"][key] = {"file": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    _fsync(folder / MANIFEST)
+    fsync_dir(folder)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _encode(feats: LocalFeatures, w: torch.Tensor, ids: Sequence[str], *, max_local: int,
+            root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch -> (codes ``(b, max_local, bits // 8)`` uint8, counts ``(b,)`` int32)."""
+    desc, pad = feats.descriptors, feats.mask
+    bad = ~pad & ~np.isfinite(desc).all(axis=-1)
+    if bad.any():
+        row, slot = (int(v[0]) for v in np.nonzero(bad))
+        raise CorruptDataError(f"feature store {root}: item {ids[row]!r} has NaN/inf in local descriptor slot "
+                               f"{slot}; the store is corrupt: re-extract it, then build the packed store again")
+    x = torch.from_numpy(np.array(desc, dtype=np.float32)).to(w.device)  # copies: the store's maps are read-only
+    p = torch.from_numpy(np.array(pad, dtype=np.bool_)).to(w.device)
+    x = F.normalize(x.masked_fill(p[..., None], 0.0), dim=-1)
+    packed = pack_signs(((x @ w) >= 0).cpu().numpy())  # (b, L_src, nbytes)
+    order = np.argsort(pad, axis=1, kind="stable")  # valid slots first, in store order
+    packed = np.take_along_axis(packed, order[..., None], axis=1)
+    counts = np.minimum((~pad).sum(axis=1), max_local).astype(np.int32)
+    out = np.zeros((len(ids), max_local, packed.shape[-1]), dtype=np.uint8)
+    keep = min(max_local, packed.shape[1])
+    out[:, :keep] = packed[:, :keep]
+    out[np.arange(max_local)[None, :] >= counts[:, None]] = 0
+    return out, counts
+
+
+# ------------------------------------------------------------------------------------- read
+
+
+class PackedLocalStore:
+    """Read-only packed binary gallery (see the module docstring); codes are memory-mapped.
+
+    Implements the ``GalleryLocals`` protocol: ``len()``, :meth:`counts`, :meth:`tokens`.
+    Open with :meth:`open`; :meth:`close` or use it as a context manager.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], ids: list[str], codes: np.ndarray,
+                 counts: np.ndarray) -> None:
+        self._root, self._manifest, self._ids = root, manifest, ids
+        self._codes: np.ndarray | None = codes
+        self._counts = counts
+        self._checked_digest: str | None = None
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], *, model: AMES | None = None, verify: bool = True
+             ) -> PackedLocalStore:
+        """Open the store in ``root``.
+
+        Args:
+            model: if given, check that it is the binary model (same ``W``) the codes were built with.
+            verify: check every file's sha256 (``False``: sizes only).
+
+        Raises:
+            ConfigError: ``root`` is not a packed store; ``model`` is full-precision or has another ``W``.
+            CorruptDataError: bad manifest; a file missing, truncated, failing its checksum or out of
+                range; codes/counts/ids sizes that disagree ("size does not match its index").
+        """
+        path = Path(root)
+        manifest = read_manifest(path)
+        ids = load_ids(path)
+        counts = load_npy(path, "counts", mmap=False)
+        codes = load_npy(path, "codes", mmap=True)
+        check_sizes(path, manifest, ids, codes, counts)
+        for key in FILES:
+            check_file(path, manifest, key, check_sha=verify)
+        store = cls(path, manifest, ids, codes, counts.astype(np.int64))
+        if model is not None:
+            store.check_model(model)
+        return store
+
+    # -- metadata
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
+    def ids(self) -> list[str]:
+        """The ``N`` item ids in row order (a copy)."""
+        return list(self._ids)
+
+    @property
+    def max_local(self) -> int:
+        """L, descriptor slots per image."""
+        return int(self._manifest["max_local"])
+
+    @property
+    def bits(self) -> int:
+        return int(self._manifest["bits"])
+
+    @property
+    def bytes_per_descriptor(self) -> int:
+        return int(self._manifest["bytes_per_descriptor"])
+
+    @property
+    def projection_sha256(self) -> str:
+        return str(self._manifest["projection_sha256"])
+
+    @property
+    def local_feature(self) -> str | None:
+        return self._manifest.get("local_feature")
+
+    @property
+    def extractor_id(self) -> str | None:
+        return self._manifest.get("extractor_id")
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __repr__(self) -> str:
+        return (f"PackedLocalStore(root={str(self._root)!r}, n={len(self)}, max_local={self.max_local}, "
+                f"bits={self.bits})")
+
+    def bytes_per_image(self, l: int | None = None) -> int:  # noqa: E741 - the paper's L
+        """Code bytes per image for ``min(l, max_local)`` descriptors (``l=None``: ``max_local``).
+
+        Raises:
+            ConfigError: ``l`` is not a positive int.
+        """
+        if l is not None and (not isinstance(l, int) or isinstance(l, bool) or l < 1):
+            raise ConfigError(f"l must be a positive int or None, got {l!r}")
+        return min(self.max_local if l is None else l, self.max_local) * self.bytes_per_descriptor
+
+    # -- checks
+    def check_model(self, model: AMES) -> None:
+        """Raises: ConfigError: ``model`` is full-precision or its ``W`` is not the one the codes were built with."""
+        _require_binary(model, "a packed local store")
+        if model.cfg.model_dim != self.bits:
+            raise ConfigError(f"packed store {self._root} holds {self.bits}-bit codes but the model has "
+                              f"{model.cfg.model_dim} bits; {REBUILD} and this model")
+        digest = projection_digest(model)
+        if digest != self.projection_sha256:
+            raise ConfigError(f"packed store {self._root} was built with another projection W (sha256 "
+                              f"{self.projection_sha256[:12]}..., this model's is {digest[:12]}...); use the "
+                              f"checkpoint it was built with, or {REBUILD} and this model")
+
+    def check_index(self, index: Sequence[str] | int) -> None:
+        """Check that the store lines up with a global index of ``index`` items (a count or its ids).
+
+        Raises:
+            CorruptDataError: the sizes (or ids) differ.
+        """
+        n = index if isinstance(index, int) else len(index)
+        if n != len(self) or (not isinstance(index, int) and list(index) != self._ids):
+            raise CorruptDataError(f"packed store {self._root} holds {len(self)} items, which does not match its "
+                                   f"index ({n} items{'' if n != len(self) else ', other ids'}); {REBUILD} "
+                                   "the index was built from")
+
+    # -- data
+    def counts(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``(n,)`` int64 valid descriptors of items ``indices``.
+
+        Raises:
+            ConfigError: bad indices or a closed store.
+        """
+        return self._counts[self._check_indices(indices)]
+
+    def get(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes uint8 ``(n, max_local, bytes_per_descriptor)`` (a copy) and counts ``(n,)`` int64.
+
+        Raises:
+            ConfigError: bad indices or a closed store.
+        """
+        idx = self._check_indices(indices)
+        return np.array(self._open_codes()[idx]), self._counts[idx]
+
+    def tokens(self, model: AMES, indices: Sequence[int] | np.ndarray, *, length: int,
+               device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Gallery tokens of items ``indices``: codes unpacked, then ``model.project_signs``.
+
+        Args:
+            length: slots returned per item: the first ``min(count, length)`` valid ones, then padding.
+
+        Returns:
+            ``(tokens (n, length, model_dim), pad (n, length) bool, True = padding)`` on ``device``.
+            Padding slots hold the token of an all-+1 code, the one ``model.project`` gives a
+            zeroed (padding) descriptor, so both paths agree slot for slot.
+
+        Raises:
+            ConfigError: fp model, another ``W``, bad ``length``/indices, or a closed store.
+        """
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise ConfigError(f"length must be a positive int, got {length!r}")
+        self._check_model_cached(model)
+        codes, counts = self.get(indices)
+        keep = min(length, self.max_local)
+        padded = np.zeros((codes.shape[0], length, codes.shape[2]), dtype=np.uint8)
+        padded[:, :keep] = codes[:, :keep]
+        dev = resolve_device(device)
+        pad = torch.from_numpy(np.arange(length)[None, :] >= counts[:, None]).to(dev)
+        signs = unpack_signs_torch(torch.from_numpy(padded).to(dev)).masked_fill(pad[..., None], 1.0)
+        dtype = model.remap_local[1].weight.dtype
+        return model.project_signs(signs.to(dtype)), pad
+
+    def close(self) -> None:
+        """Drop the memory map (arrays already returned stay valid). Idempotent."""
+        self._codes = None
+
+    def __enter__(self) -> PackedLocalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals
+    def _check_model_cached(self, model: AMES) -> None:
+        _require_binary(model, "PackedLocalStore.tokens")
+        digest = projection_digest(model)
+        if digest != self._checked_digest:
+            self.check_model(model)
+            self._checked_digest = digest
+
+    def _open_codes(self) -> np.ndarray:
+        if self._codes is None:
+            raise ConfigError(f"packed store {self._root} is closed; open it again with PackedLocalStore.open")
+        return self._codes
+
+    def _check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        self._open_codes()
+        idx = np.asarray(indices)
+        if idx.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ConfigError(f"indices must be a 1-D sequence of ints, got {idx.dtype} with shape {idx.shape}")
+        idx = idx.astype(np.int64)
+        bad = idx[(idx < 0) | (idx >= len(self))]
+        if bad.size:
+            raise ConfigError(f"index {int(bad[0])} is out of range for a packed store of {len(self)} items; "
+                              f"use indices in [0, {len(self)})")
+        return idx
