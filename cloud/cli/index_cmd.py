@@ -1,4 +1,5 @@
-"""``asymfuse index fuse``: fused gallery vectors from stored features and a trained mixer."""
+"""``asymfuse index``: ``fuse`` (fused gallery vectors from stored features and a trained mixer) and
+``pack-ames`` (a binary AMES checkpoint's packed local codes for a gallery, ~16 bytes per descriptor)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build gallery indexes (fuse)")
+    p = sub.add_parser("index", help="build gallery indexes (fuse, pack-ames)")
     isub = p.add_subparsers(dest="index_kind", required=True, metavar="ACTION")
     f = isub.add_parser("fuse", help="run a trained mixer over stored gallery features -> fused feature store")
     f.add_argument("--mixer", required=True, help="mixer.pt written by `asymfuse train aff`")
@@ -19,6 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--device", default="cpu")
     f.add_argument("--batch-size", type=int, default=256)
     f.set_defaults(func=run_fuse)
+    a = isub.add_parser("pack-ames", help="binarise a local feature store with a binary AMES checkpoint -> "
+                                          "packed codes for re-ranking")
+    a.add_argument("--ames", required=True, help="a binary AMES checkpoint (ames.pt of `asymfuse train ames`)")
+    a.add_argument("--store", required=True, help="the gallery's local feature store (same feature as training)")
+    a.add_argument("--max-local", type=int, default=48, help="descriptors kept per image (default 48: ~1 KB)")
+    a.add_argument("--out", required=True, help="output folder (must not exist)")
+    a.add_argument("--device", default="cpu")
+    a.set_defaults(func=run_pack_ames)
 
 
 def run_fuse(args: argparse.Namespace) -> int:
@@ -33,4 +42,18 @@ def run_fuse(args: argparse.Namespace) -> int:
     store = fuse_stores(args.mixer, roots, args.out, device=args.device, batch_size=args.batch_size)
     print(f"fused {len(store)} items -> {args.out} (dim {store.dim}, space "
           f"{store.meta.get('embedding_space_id')})")
+    return 0
+
+
+def run_pack_ames(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.ames.checkpoint import load_ames
+    from asymfuse.cloud.ames.packed_store import build_packed_store
+    from asymfuse.cloud.features.store_reader import FeatureStore
+
+    model, _ = load_ames(args.ames, variant="binary", device=args.device)
+    with FeatureStore.open(args.store) as local:
+        packed = build_packed_store(model, local, args.out, max_local=args.max_local, device=args.device)
+    with packed:
+        print(f"packed {len(packed)} items -> {args.out} ({packed.bytes_per_image()} bytes of codes per image "
+              f"at L={packed.max_local})")
     return 0
