@@ -1,0 +1,124 @@
+"""Re-rank one query's global candidates with AMES.
+
+The candidates are put in global order (decreasing global score, ties kept in the given order);
+the first ``top_m`` are scored by AMES, combined with their global score
+(:func:`~asymfuse.cloud.ames.ensemble.combine`) and re-sorted; the rest follow in global order.
+
+Empty local sets: a query with no valid local descriptor keeps the global order, and a candidate
+with none keeps its global score as its combined score (``s = g``); both with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from asymfuse.cloud.ames.ensemble import check_weights, combine, ensemble_scores
+from asymfuse.cloud.ames.scorer import AMESScorer
+from asymfuse.cloud.ames.sources import GalleryLocals
+from asymfuse.edge.errors import ConfigError, ShapeError
+
+__all__ = ["RerankResult", "combine", "rerank"]
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """Output of :func:`rerank`.
+
+    Attributes:
+        ids: ``(n,)`` int64 candidate ids, best first.
+        scores: ``(n,)`` float64: the ensemble score of the first ``num_reranked`` ids, the global
+            score of the rest (the tail is not comparable with the head; it always follows it).
+        logits: ``(num_reranked,)`` float32 AMES logits of ``ids[:num_reranked]``; NaN where a
+            side had no local descriptors (the global score stood).
+        num_reranked: how many candidates AMES re-scored, ``min(top_m, n)`` (0 for an empty query).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray
+    num_reranked: int
+
+
+def _check_candidates(candidates: Sequence[int] | np.ndarray, global_scores: Sequence[float] | np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(candidates)
+    g = np.asarray(global_scores)
+    if ids.ndim != 1 or not (ids.size == 0 or np.issubdtype(ids.dtype, np.integer)):
+        raise ShapeError(f"candidates must be a 1-D array of gallery indices, got {ids.dtype} {ids.shape}")
+    if g.shape != ids.shape or not (g.size == 0 or np.issubdtype(g.dtype, np.number)):
+        raise ShapeError(f"global_scores must be numbers of shape {ids.shape} (one per candidate), "
+                         f"got {g.dtype} {g.shape}")
+    g = g.astype(np.float64)
+    if not np.isfinite(g).all():
+        raise ShapeError("global_scores contain NaN or inf; fix the global features before re-ranking")
+    return ids.astype(np.int64), g
+
+
+def _query_arrays(query_locals: np.ndarray | torch.Tensor, query_mask: np.ndarray | torch.Tensor | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    q = query_locals.detach().cpu().numpy() if isinstance(query_locals, torch.Tensor) else np.asarray(query_locals)
+    if query_mask is None:
+        return q, np.zeros(q.shape[:1], dtype=bool)
+    mask = query_mask.detach().cpu().numpy() if isinstance(query_mask, torch.Tensor) else np.asarray(query_mask)
+    return q, mask
+
+
+def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | np.ndarray,
+           global_scores: Sequence[float] | np.ndarray, *, top_m: int, lam: float, gamma: float,
+           scorer: AMESScorer, gallery: GalleryLocals, query_mask: np.ndarray | torch.Tensor | None = None,
+           lq: int | None = None, lx: int | None = None) -> RerankResult:
+    """Re-rank a query's global candidates with AMES (see the module docstring).
+
+    Args:
+        query_locals: ``(Lq, local_dim)`` float query descriptors (any norm), slots in detector order.
+        candidates: ``(n,)`` int gallery indices into ``gallery`` (any order).
+        global_scores: ``(n,)`` their global similarities.
+        top_m: how many of the best global candidates AMES re-scores (0: none).
+        lam, gamma: ensemble weights, ``s = lam * g + (1 - lam) * sigmoid(gamma * logit)``.
+        scorer: the AMES scorer; gallery: the candidates' local descriptors.
+        query_mask: ``(Lq,)`` bool, True = padding (None: all valid).
+        lq, lx: keep only the first ``lq`` query / ``lx`` gallery descriptors.
+
+    Returns:
+        :class:`RerankResult`.
+
+    Raises:
+        ShapeError: descriptor dimension other than the checkpoint's (the message names the fix),
+            bad shapes, or NaN/inf global scores.
+        CorruptDataError: NaN/inf in a valid query descriptor.
+        ConfigError: bad ``top_m``, ``lam``, ``gamma``, ``lq``, ``lx`` or candidate indices.
+    """
+    if not isinstance(top_m, (int, np.integer)) or isinstance(top_m, bool) or top_m < 0:
+        raise ConfigError(f"top_m={top_m!r} must be an int >= 0 (how many candidates to re-rank)")
+    check_weights(lam, gamma)
+    ids, g = _check_candidates(candidates, global_scores)
+    order = np.argsort(-g, kind="stable")
+    ids, g = ids[order], g[order]
+    m = min(int(top_m), ids.size)
+    q, mask = _query_arrays(query_locals, query_mask)
+    local_dim = scorer.model.cfg.local_dim
+    if q.ndim != 2 or q.shape[1] != local_dim:
+        raise ShapeError(f"query local descriptors must be (Lq, {local_dim}) for this AMES checkpoint, got "
+                         f"{q.shape}; extract them with the local feature the checkpoint was trained on")
+    if mask.shape != q.shape[:1] or mask.dtype != np.bool_:
+        raise ShapeError(f"query_mask must be bool ({q.shape[0]},) (True = padding), got {mask.dtype} {mask.shape}")
+    if m == 0 or not (~mask).any():
+        if m:
+            warnings.warn("the query has no local descriptors; AMES cannot re-rank it, the global order stands",
+                          stacklevel=2)
+        return RerankResult(ids=ids, scores=g, logits=np.zeros(0, np.float32), num_reranked=0)
+    logits = scorer.score(q, mask, gallery, ids[:m], lq=lq, lx=lx)
+    empty = gallery.counts(ids[:m]) == 0
+    if empty.any():
+        warnings.warn(f"{int(empty.sum())} of the top-{m} candidates have no local descriptors; their global "
+                      "score stands as their re-ranking score", stacklevel=2)
+        logits = np.where(empty, np.float32(np.nan), logits)
+    s = ensemble_scores(g[:m], logits, lam=lam, gamma=gamma)
+    head = np.argsort(-s, kind="stable")
+    return RerankResult(ids=np.concatenate([ids[:m][head], ids[m:]]), scores=np.concatenate([s[head], g[m:]]),
+                        logits=logits[head].astype(np.float32), num_reranked=m)
