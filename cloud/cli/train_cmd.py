@@ -1,4 +1,5 @@
-"""``asymfuse train aff``: train the AFF mixer and/or a compatible query net (torchrun-ready)."""
+"""``asymfuse train aff|ames``: train the AFF mixer and/or a compatible query net, or an AMES
+re-ranker (both torchrun-ready)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train models (aff)")
+    p = sub.add_parser("train", help="train models (aff, ames)")
     tsub = p.add_subparsers(dest="train_kind", required=True, metavar="KIND")
     a = tsub.add_parser("aff", help="AFF: dynamic mixer + momentum-compatible query net, or a baseline scheme",
                         description="Keys of the config file and --set overrides are TrainConfig fields "
@@ -18,6 +19,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     a.add_argument("--device", help="cpu | cuda | cuda:N (overrides the config)")
     a.set_defaults(func=run_aff)
+    m = tsub.add_parser("ames", help="AMES: local-descriptor re-ranker (fp, binary, universal, distilled)",
+                        description="Keys of the config file and --set overrides are AMESTrainConfig fields "
+                                    "(see asymfuse.cloud.ames.train_config), e.g. --set binary=true "
+                                    "--set universal=[10,400]. Launch with `torchrun --nproc_per_node N "
+                                    "$(which asymfuse) train ames ...` for DDP.")
+    m.add_argument("--config", help="YAML (or JSON) file of AMESTrainConfig keys")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key (repeatable)")
+    m.add_argument("--out", default="runs/ames", help="run folder (checkpoints, metrics.jsonl, ames.pt)")
+    m.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    m.add_argument("--device", help="cpu | cuda | cuda:N (overrides the config)")
+    m.set_defaults(func=run_ames)
 
 
 def load_train_config(path: str | None, overrides: list[str] | None, *, device: str | None = None):  # noqa: ANN201
@@ -26,10 +38,27 @@ def load_train_config(path: str | None, overrides: list[str] | None, *, device: 
     Raises:
         ConfigError: unreadable file, unknown keys or bad values.
     """
+    from asymfuse.cloud.train.aff_config import config_from_dict
+
+    return config_from_dict(_config_data(path, overrides, device=device))
+
+
+def load_ames_train_config(path: str | None, overrides: list[str] | None, *,  # noqa: ANN201
+                           device: str | None = None):
+    """AMESTrainConfig from an optional YAML/JSON file plus ``key=value`` overrides (unknown keys rejected).
+
+    Raises:
+        ConfigError: unreadable file, unknown keys or bad values.
+    """
+    from asymfuse.cloud.ames.train_config import config_from_dict
+
+    return config_from_dict(_config_data(path, overrides, device=device))
+
+
+def _config_data(path: str | None, overrides: list[str] | None, *, device: str | None) -> dict:
     from pathlib import Path
 
     from asymfuse.cloud.cli.options import parse_options
-    from asymfuse.cloud.train.aff_config import config_from_dict
     from asymfuse.edge.errors import ConfigError
 
     data: dict = {}
@@ -43,12 +72,12 @@ def load_train_config(path: str | None, overrides: list[str] | None, *, device: 
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path!r} must hold a mapping of TrainConfig keys")
+            raise ConfigError(f"config file {path!r} must hold a mapping of config keys")
         data.update(loaded or {})
     data.update(parse_options(overrides))
     if device:
         data["device"] = device
-    return config_from_dict(data)
+    return data
 
 
 def run_aff(args: argparse.Namespace) -> int:
@@ -63,4 +92,19 @@ def run_aff(args: argparse.Namespace) -> int:
     for key, value in sorted(shown.items()):
         print(f"  {key}: {value:.2f}")
     print(f"run folder: {result.out_dir}")
+    return 0
+
+
+def run_ames(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.ames.trainer import train_ames
+
+    cfg = load_ames_train_config(args.config, args.set, device=args.device)
+    result = train_ames(cfg, out_dir=args.out, resume=args.resume)
+    variant = "binary" if cfg.binary else "fp"
+    print(f"ames {variant} best_epoch={result.best_epoch} lam={result.lam:g} gamma={result.gamma:g} "
+          f"runtime={result.runtime_s:.1f}s")
+    for key, value in sorted(result.val.items()):
+        if key.endswith(("medium", "hard")):
+            print(f"  {key}: {value:.2f}")
+    print(f"checkpoint: {result.checkpoint}")
     return 0

@@ -1,0 +1,412 @@
+"""``train_ames``: the AMES trainer (single process or ``torchrun`` DDP, CPU or CUDA, AMP).
+
+One call runs a whole configuration (see :mod:`asymfuse.cloud.ames.train_config`) and leaves in
+``out_dir``: ``last.pt`` (full training state, for ``resume``), ``best.pt`` (the same at the best
+val epoch), ``metrics.jsonl`` and ``ames.pt`` (the best model with the lambda/gamma of its val grid
+search, loadable by :func:`asymfuse.cloud.ames.checkpoint.load_ames`). Only rank 0 writes.
+
+Loss of a batch of ``B`` pairs: ``BCE(logits, targets)`` (mean over pairs), plus with a teacher
+``beta * MSE``. The MSE compares the student's and the teacher's *output* tokens (after the last
+decoder block) at the positions both sequences share: the matching token, the first
+``min(L_q, teacher_lq)`` query tokens and the first ``min(L_x, teacher_lx)`` gallery tokens
+(the same descriptors on both sides: stores keep them in detector-score order), skipping padding
+slots. Per pair it is the mean over those positions and the ``model_dim`` channels; the batch
+value is the mean over pairs (so it splits exactly across DDP ranks).
+
+Reproducibility: the pairs of an epoch are a function of (seed, epoch, anchor), the lengths of a
+step of (seed, epoch, step) (:mod:`asymfuse.cloud.ames.pairs`), and the sampler's permutation of
+(seed, epoch), so a resumed run, or one with N ranks and the same global batch, sees the same
+batches as an uninterrupted single-process run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from asymfuse.cloud.ames.checkpoint import DEFAULT_GAMMA, DEFAULT_LAM, load_ames, save_ames
+from asymfuse.cloud.ames.model import AMES, create_ames
+from asymfuse.cloud.ames.pairs import AMESData, BatchLengths, PairDataset, TrainingLocals, prepare_ames_data
+from asymfuse.cloud.ames.train_config import RESUME_SAFE_FIELDS, AMESTrainConfig
+from asymfuse.cloud.device import autocast
+from asymfuse.cloud.train.distributed import (
+    DistEnv,
+    barrier,
+    broadcast_object,
+    dist_env_from_environ,
+    mean_across_ranks,
+    process_group,
+    rank_device,
+)
+from asymfuse.cloud.train.progress import JsonlLog, progress_bar
+from asymfuse.cloud.train.schedule import create_optimizer, param_groups, phased_schedule
+from asymfuse.cloud.train.state import check_resume_config, load_state, save_state, set_rng_state
+from asymfuse.edge.errors import ConfigError
+
+STATE_FORMAT = "asymfuse.ames_train/1"
+
+
+@dataclass
+class AMESTrainResult:
+    """A finished run: the best model (eval mode, CPU), its ensemble weights, and the history."""
+
+    config: AMESTrainConfig
+    out_dir: Path
+    model: AMES
+    history: list[dict[str, Any]]
+    best_epoch: int
+    checkpoint: Path
+    lam: float
+    gamma: float
+    runtime_s: float
+    val: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """One batch of pairs on a device: student inputs, targets ``(B,)`` float32 (1 = match), and
+    the teacher's inputs (more descriptors of the same images) or None."""
+
+    q_desc: torch.Tensor
+    q_pad: torch.Tensor
+    x_desc: torch.Tensor
+    x_pad: torch.Tensor
+    target: torch.Tensor
+    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+
+def make_batch(local: TrainingLocals, queries: np.ndarray, partners: np.ndarray, targets: np.ndarray, *,
+               lengths: tuple[int, int], teacher_lengths: tuple[int, int] | None = None,
+               device: torch.device | str = "cpu") -> PairBatch:
+    """The :class:`PairBatch` of anchors ``queries`` against ``partners`` with ``(L_q, L_x)`` slots."""
+    dev = torch.device(device)
+
+    def side(idx: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        d, p = local.batch(idx, length=length)
+        return d.to(dev), p.to(dev)
+
+    teacher = None
+    if teacher_lengths is not None:
+        teacher = (*side(queries, teacher_lengths[0]), *side(partners, teacher_lengths[1]))
+    return PairBatch(*side(queries, lengths[0]), *side(partners, lengths[1]),
+                     target=torch.as_tensor(targets, dtype=torch.float32).to(dev), teacher=teacher)
+
+
+def ames_loss(model: torch.nn.Module, batch: PairBatch, *, teacher: AMES | None = None,
+              beta: float = 10.0) -> dict[str, torch.Tensor]:
+    """``{"loss", "bce", "distill", "logits"}`` of ``batch`` (see the module docstring).
+
+    ``model`` may be DDP-wrapped; ``teacher`` (frozen, eval) needs ``batch.teacher``.
+
+    Raises:
+        ConfigError: a teacher without teacher inputs in the batch.
+    """
+    b = batch
+    if teacher is None:
+        logits = model(b.q_desc, b.q_pad, b.x_desc, b.x_pad)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), b.target)
+        return {"loss": bce, "bce": bce.detach(), "distill": torch.zeros((), device=bce.device), "logits": logits}
+    if b.teacher is None:
+        raise ConfigError("distillation needs teacher inputs: build the batch with teacher_lengths")
+    logits, tokens = model(b.q_desc, b.q_pad, b.x_desc, b.x_pad, return_tokens=True)
+    with torch.no_grad():
+        _, t_tokens = teacher(*b.teacher, return_tokens=True)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), b.target)
+    mse = shared_token_mse(tokens.float(), t_tokens.float(), q_pad=b.q_pad, x_pad=b.x_pad,
+                           teacher_lq=b.teacher[0].shape[1])
+    return {"loss": bce + beta * mse, "bce": bce.detach(), "distill": mse.detach(), "logits": logits}
+
+
+def shared_token_mse(student: torch.Tensor, teacher: torch.Tensor, *, q_pad: torch.Tensor, x_pad: torch.Tensor,
+                     teacher_lq: int) -> torch.Tensor:
+    """Mean over pairs of the per-pair MSE at shared, valid positions (module docstring).
+
+    Args:
+        student: ``(B, 1 + Lq + Lx, d)`` output tokens; q_pad ``(B, Lq)``, x_pad ``(B, Lx)`` its masks.
+        teacher: ``(B, 1 + teacher_lq + teacher_lx, d)`` output tokens.
+    """
+    lq, lx = q_pad.shape[1], x_pad.shape[1]
+    t_lx = teacher.shape[1] - 1 - teacher_lq
+    cq, cx = min(lq, teacher_lq), min(lx, t_lx)
+    s = torch.cat([student[:, :1 + cq], student[:, 1 + lq:1 + lq + cx]], dim=1)
+    t = torch.cat([teacher[:, :1 + cq], teacher[:, 1 + teacher_lq:1 + teacher_lq + cx]], dim=1)
+    valid = torch.cat([torch.ones_like(q_pad[:, :1]), ~q_pad[:, :cq], ~x_pad[:, :cx]], dim=1).to(s.dtype)
+    per_pos = (s - t).pow(2).mean(dim=2)  # (B, P)
+    return ((per_pos * valid).sum(dim=1) / valid.sum(dim=1)).mean()
+
+
+def train_ames(config: AMESTrainConfig, *, out_dir: str | Path, resume: bool = False,
+               stop_after_epochs: int | None = None) -> AMESTrainResult:
+    """Train one AMES model; see the module docstring for what lands in ``out_dir``.
+
+    Args:
+        config: the run.
+        out_dir: run folder (created).
+        resume: continue from ``out_dir/last.pt`` (same config, except runtime-only fields).
+        stop_after_epochs: stop after this many epochs *of this call* as if interrupted.
+
+    Raises:
+        ConfigError: bad config for this data/world size, resume with a different config, a
+            teacher that is binary, missing, or does not fit the local feature / model dim.
+        UnknownNameError: a feature that is neither cached nor a registered extractor.
+        CorruptDataError: NaN in stored features, unreadable checkpoints.
+    """
+    env = dist_env_from_environ()
+    device = rank_device(config.device, env)
+    with process_group(env, device):
+        return _Run(config, Path(out_dir), env, device).run(resume=resume, stop_after_epochs=stop_after_epochs)
+
+
+def build_model(cfg: AMESTrainConfig, data: AMESData) -> AMES:
+    """The student before its first step (CPU): seeded init; binary ``W`` from ITQ on the training
+    descriptors (the first ``max(lq, lx)`` slots of each image)."""
+    model = create_ames(local_dim=data.locals.dim, seed=cfg.seed, **cfg.model_kwargs())
+    if cfg.binary:
+        from asymfuse.cloud.ames.binary import init_binary_projection
+
+        init_binary_projection(model, data.locals.valid_descriptors(length=max(cfg.lq, cfg.lx)), seed=cfg.seed)
+    return model
+
+
+def load_teacher(cfg: AMESTrainConfig, *, local_dim: int, device: torch.device) -> AMES | None:
+    """The frozen full-precision teacher (eval mode, on ``device``), or None without distillation.
+
+    Raises:
+        ConfigError: no file, a binary checkpoint, another descriptor dimension or model dim.
+        CorruptDataError: an unreadable checkpoint.
+    """
+    if not cfg.distill:
+        return None
+    path = Path(cfg.distill_teacher)
+    if not path.is_file():
+        raise ConfigError(f"distill_teacher {str(path)!r} does not exist; train a full-precision teacher first "
+                          "(`asymfuse train ames --set binary=false`) and pass its ames.pt")
+    teacher, _ = load_ames(path, variant="fp", local_dim=local_dim, device=device)
+    if teacher.cfg.model_dim != cfg.model_dim:
+        raise ConfigError(f"the teacher's tokens are {teacher.cfg.model_dim}-d but the student's model_dim is "
+                          f"{cfg.model_dim}; set model_dim={teacher.cfg.model_dim}")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+class _Run:
+    def __init__(self, cfg: AMESTrainConfig, out: Path, env: DistEnv, device: torch.device) -> None:
+        self.cfg, self.out, self.env, self.device = cfg, out, env, device
+        if cfg.batch_size % env.world_size:
+            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
+                              f"number of processes ({env.world_size})")
+        self.t0 = time.perf_counter()
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg, env = self.cfg, self.env
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.data = prepare_ames_data(cfg, is_main=env.is_main, barrier=lambda: barrier(env))
+        n = len(self.data.locals)
+        if env.world_size > n:
+            raise ConfigError(f"{env.world_size} processes but only {n} training images; use "
+                              f"--nproc_per_node <= {n}")
+        self.local_batch = cfg.batch_size // env.world_size
+        self.steps_per_epoch = (n // env.world_size) // self.local_batch
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images); "
+                              "lower batch_size")
+        self.teacher = load_teacher(cfg, local_dim=self.data.locals.dim, device=self.device)
+        self.model = build_model(cfg, self.data).to(self.device)
+        groups = param_groups([(self.model, 1.0)], weight_decay=cfg.weight_decay)
+        self.optimizer = create_optimizer(groups, kind="adamw", lr=cfg.lr)
+        self.scheduler = phased_schedule(self.optimizer, kind=cfg.schedule, warmup=cfg.warmup_steps,
+                                         phase_steps=[cfg.epochs * self.steps_per_epoch])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.lengths = BatchLengths(lq=cfg.lq, lx=cfg.lx, universal=cfg.universal, seed=cfg.seed)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": -1, "score": -1.0, "lam": DEFAULT_LAM, "gamma": DEFAULT_GAMMA,
+                                     "val": {}}
+        self.start_epoch = 0
+
+    def _loader(self) -> tuple[DataLoader, PairDataset, DistributedSampler]:
+        ds = PairDataset(self.data.sampler)
+        sampler = DistributedSampler(ds, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True,
+                                     seed=self.cfg.seed, drop_last=True)
+        loader = DataLoader(ds, batch_size=self.local_batch, sampler=sampler, drop_last=True,
+                            num_workers=self.cfg.workers, persistent_workers=False)
+        return loader, ds, sampler
+
+    def _wrap(self) -> torch.nn.Module:
+        if not self.env.distributed:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    # ------------------------------------------------------------------------------------- resume
+    def _resume(self) -> None:
+        payload = load_state(self.out / "last.pt", fmt=STATE_FORMAT)
+        check_resume_config(payload["config"], self.cfg.to_dict(), safe_fields=RESUME_SAFE_FIELDS)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.history, self.best, self.start_epoch = payload["history"], payload["best"], payload["epoch"]
+        set_rng_state(payload["rng"])
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "model_config": self.model.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "history": self.history, "best": self.best}
+
+    # --------------------------------------------------------------------------------------- loop
+    def run(self, *, resume: bool, stop_after_epochs: int | None) -> AMESTrainResult:
+        self._setup()
+        if resume:
+            self._resume()
+        log = JsonlLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
+        if resume:
+            log.write({"event": "resume", "epoch": self.start_epoch})
+        model = self._wrap()
+        loader, ds, sampler = self._loader()
+        done = 0
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            sampler.set_epoch(epoch)
+            ds.set_epoch(epoch)
+            record = self._train_epoch(epoch, model, loader, log)
+            self._end_epoch(epoch, record, log)
+            done += 1
+            if stop_after_epochs is not None and done >= stop_after_epochs:
+                break
+        barrier(self.env)
+        return self._finish(log)
+
+    def _train_epoch(self, epoch: int, model: torch.nn.Module, loader: DataLoader, log: JsonlLog) -> dict[str, Any]:
+        cfg, dev = self.cfg, self.device
+        self.model.train()
+        teacher_lengths = (cfg.teacher_lq, cfg.teacher_lx) if self.teacher is not None else None
+        parts: dict[str, list[float]] = {"loss": [], "bce": [], "distill": []}
+        step_lengths: list[list[int]] = []
+        bar = progress_bar(total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           enabled=cfg.progress and self.env.is_main)
+        for step, item in enumerate(loader):
+            lengths = self.lengths.at(epoch=epoch, step=step)
+            batch = make_batch(self.data.locals, item["query"].numpy(), item["partner"].numpy(),
+                               item["target"].numpy(), lengths=lengths, teacher_lengths=teacher_lengths, device=dev)
+            with autocast(dev, cfg.precision):
+                out = ames_loss(model, batch, teacher=self.teacher, beta=cfg.beta)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out["loss"]).backward()
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            for key in parts:
+                parts[key].append(float(out[key].detach()))
+            step_lengths.append(list(lengths))
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.update(1, loss=parts["loss"][-1], lr=lr)
+            if step % cfg.log_every == 0:
+                log.write({"epoch": epoch, "step": epoch * self.steps_per_epoch + step, "loss": parts["loss"][-1],
+                           "loss_bce": parts["bce"][-1], "loss_distill": parts["distill"][-1], "lq": lengths[0],
+                           "lx": lengths[1], "lr": lr})
+        bar.close()
+        means = {k: mean_across_ranks(float(np.mean(v)) if v else float("nan"), self.env, dev)
+                 for k, v in parts.items()}
+        return {"epoch": epoch + 1, "loss": means["loss"], "loss_bce": means["bce"], "loss_distill": means["distill"],
+                "step_losses": parts["loss"], "step_lengths": step_lengths, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def _end_epoch(self, epoch: int, record: dict[str, Any], log: JsonlLog) -> None:
+        cfg = self.cfg
+        last = epoch + 1 == cfg.epochs
+        result: dict[str, Any] = {}
+        if self.data.val is not None and ((epoch + 1) % cfg.val_every == 0 or last) and self.env.is_main:
+            result = validate(self.model, self.data, cfg, device=self.device)
+        result = broadcast_object(result, self.env)
+        record.update(result.get("metrics", {}))
+        self.history.append(record)
+        score = result.get("score")
+        improved = score is not None and score > self.best["score"]
+        if score is None and self.data.val is None:
+            improved = True  # no val split: the last epoch is the best
+        if improved:
+            self.best = {"epoch": epoch + 1, "score": -1.0 if score is None else float(score),
+                         "metric": f"val_ames_{cfg.select_metric}", "lam": result.get("lam", DEFAULT_LAM),
+                         "gamma": result.get("gamma", DEFAULT_GAMMA), "val": result.get("metrics", {})}
+        if self.env.is_main:
+            state = self._state(epoch + 1)
+            save_state(self.out / "last.pt", state)
+            if improved:
+                save_state(self.out / "best.pt", state)
+            log.write({k: v for k, v in record.items() if k not in ("step_losses", "step_lengths")})
+
+    # ------------------------------------------------------------------------------------- finish
+    def _finish(self, log: JsonlLog) -> AMESTrainResult:
+        cfg, best = self.cfg, self.best
+        best_path = self.out / "best.pt"
+        if best_path.is_file():
+            self.model.load_state_dict(load_state(best_path, fmt=STATE_FORMAT)["model"])
+        model = self.model.to("cpu").eval()
+        path = self.out / "ames.pt"
+        if self.env.is_main:
+            extra = {"best_epoch": int(best["epoch"]), "lq": cfg.lq, "lx": cfg.lx, "universal": list(cfg.universal),
+                     "distill_teacher": cfg.distill_teacher or None, "teacher_lq": cfg.teacher_lq,
+                     "teacher_lx": cfg.teacher_lx, "global_feature": cfg.global_store or cfg.global_feature,
+                     "val_metrics": dict(best["val"]), "train_config": cfg.to_dict()}
+            save_ames(path, model, lam=best["lam"], gamma=best["gamma"], local_feature=cfg.local_feature, extra=extra)
+            log.write({"event": "ensemble", "best_epoch": best["epoch"], "lam": best["lam"], "gamma": best["gamma"]})
+        return AMESTrainResult(config=cfg, out_dir=self.out, model=model, history=self.history,
+                               best_epoch=int(best["epoch"]), checkpoint=path, lam=float(best["lam"]),
+                               gamma=float(best["gamma"]), runtime_s=time.perf_counter() - self.t0,
+                               val=dict(best["val"]))
+
+
+def validate(model: AMES, data: AMESData, cfg: AMESTrainConfig, *, device: torch.device) -> dict[str, Any]:
+    """Re-rank the val split's global top-``top_m`` with ``model`` and grid-search lambda/gamma.
+
+    Queries use their first ``lq`` descriptors, gallery images their first ``lx`` (also for a
+    universal run). ``model``'s train/eval mode is restored afterwards.
+
+    Returns:
+        ``{"score": val ``select_metric`` after re-ranking at the best (lam, gamma), "lam", "gamma",
+        "metrics": {"val_global_mAP_*", "val_ames_mAP_*", "val_lam", "val_gamma"}}``.
+
+    Raises:
+        ConfigError: ``data`` has no val split.
+    """
+    from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
+    from asymfuse.cloud.ames.scorer import AMESScorer
+    from asymfuse.cloud.ames.sources import ArrayLocals
+
+    val = data.val
+    if val is None:
+        raise ConfigError("validation needs a val split; set val (a benchmark split) or val_root")
+    was_training = model.training
+    model.eval()
+    try:
+        res = evaluate_ames(dataset=val.dataset, global_q=val.global_q, global_x=val.global_x,
+                            query_locals=ArrayLocals(val.query_locals.descriptors, val.query_locals.pad),
+                            gallery=ArrayLocals(val.gallery_locals.descriptors, val.gallery_locals.pad),
+                            scorer=AMESScorer(model, device=device), top_m=cfg.top_m, lam=DEFAULT_LAM,
+                            gamma=DEFAULT_GAMMA, lq=cfg.lq, lx=cfg.lx)
+        lam, gamma, grid = select_ensemble(dataset=val.dataset, global_scores=res["global_scores"],
+                                           topm=res["topm"], logits=res["logits"], full_ranks=res["ranks"],
+                                           metric=cfg.select_metric)
+    finally:
+        model.train(was_training)
+    chosen = next(g for g in grid if g["lam"] == lam and g["gamma"] == gamma)
+    metrics = {f"val_global_{k}": float(v) for k, v in res["global"].items() if k.startswith("mAP")}
+    metrics.update({f"val_ames_{k}": float(v) for k, v in chosen.items() if k.startswith("mAP")})
+    metrics.update(val_lam=float(lam), val_gamma=float(gamma))
+    return {"score": metrics[f"val_ames_{cfg.select_metric}"], "lam": float(lam), "gamma": float(gamma),
+            "metrics": metrics}
