@@ -1,4 +1,5 @@
-"""``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations."""
+"""``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations,
+``bench ames`` the AMES re-ranking tables."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks (aff: the AFF paper's ablations in miniature)")
+    p = sub.add_parser("bench", help="benchmarks (aff: the AFF paper's ablations; ames: AMES re-ranking)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     aff = benches.add_parser("aff", help="AFF ablations on the embedded benchmark: table, curves, mAP vs GFLOPs")
     aff.add_argument("--quick", action="store_true", help="the quick tier (under 10 min on 2 CPU cores)")
@@ -17,6 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "(epochs, dim, input_size, ...); repeatable")
     aff.add_argument("--progress", action="store_true", help="show extraction and training progress bars")
     aff.set_defaults(func=run_aff)
+    ames = benches.add_parser("ames", help="AMES re-ranking on the embedded benchmark: quality, memory, asymmetry, "
+                                           "latency tables and mAP vs bytes per image")
+    ames.add_argument("--quick", action="store_true", help="the quick tier (one local feature, fp + binary)")
+    ames.add_argument("--out", default=None, help="output folder (default runs/bench/ames or runs/bench/ames-quick)")
+    ames.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ames.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                      help="override a bench key (local_features, variants, blocks, epochs, lq, lx, memory_lx, ...) "
+                           "or a training key (batch_size, lr, ...); repeatable")
+    ames.add_argument("--progress", action="store_true", help="show extraction and training progress bars")
+    ames.set_defaults(func=run_ames)
 
 
 def run_aff(args: argparse.Namespace) -> int:
@@ -33,4 +44,20 @@ def run_aff(args: argparse.Namespace) -> int:
     print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
     print(f"report: {result['paths']['markdown']}, {result['paths']['json']}, "
           f"{result['paths']['curves']}, {result['paths']['gflops']}")
+    return 0
+
+
+def run_ames(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.ames_bench import AMESBenchConfig, run_ames_bench
+    from asymfuse.cloud.cli.options import parse_options
+
+    tier = "quick" if args.quick else "default"
+    cfg = AMESBenchConfig.preset(tier, device=args.device, progress=args.progress)
+    cfg = cfg.with_overrides(parse_options(args.overrides))
+    out = args.out or ("runs/bench/ames-quick" if args.quick else "runs/bench/ames")
+    result = run_ames_bench(cfg, out_dir=out)
+    print(result["markdown"])
+    failed = sum(not r.ok for r in result["rows"])
+    print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
+    print(f"report: {result['paths']['markdown']}, {result['paths']['json']}, {result['paths']['plot']}")
     return 0
