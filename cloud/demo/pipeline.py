@@ -4,7 +4,8 @@ Steps: build the embedded benchmark; extract the test split's gallery and (bbx-c
 with real global models and SIFT into feature stores; aggregate SIFT with a VLAD codebook learnt
 on the *train* split; search each single feature and the naive concatenations with an exact faiss
 index; train the quick-tier joint AFF setting (mixer + Lite0 query net) and add its symmetric
-and asymmetric rows; write the table as Markdown and JSON.
+and asymmetric rows; train a quick binary AMES and add a re-ranked row per AFF search
+(:mod:`asymfuse.cloud.demo.ames_stage`); write the table as Markdown and JSON.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, data
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.data.revisitop import load_revisitop
 from asymfuse.cloud.demo.aff_stage import aff_config, run_aff_stage
+from asymfuse.cloud.demo.ames_stage import aff_searches, ames_config, run_ames_stage
 from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
 from asymfuse.cloud.eval.report import markdown_table, write_json
 from asymfuse.cloud.features.aggregate import train_vlad_codebook, vlad
@@ -49,6 +51,10 @@ class DemoConfig:
     progress: bool = True
     aff: bool = True  # train the quick-tier joint AFF setting and add its rows
     aff_overrides: tuple[tuple[str, Any], ...] = ()  # (TrainConfig key, value) pairs, e.g. (("epochs", 1),)
+    ames: bool = True  # train a quick binary AMES and re-rank the AFF searches (or the first global feature's)
+    ames_local_feature: str = "sift"  # already extracted by the demo (local_lite2 would add minutes)
+    ames_global_feature: str = "gem_lite1"  # hard-negative mining and the val search of the AMES trainer
+    ames_overrides: tuple[tuple[str, Any], ...] = ()  # (AMESTrainConfig key, value) pairs
 
     def __post_init__(self) -> None:
         if len(self.global_extractors) + len(self.local_extractors) < 1:
@@ -56,6 +62,9 @@ class DemoConfig:
         if self.vlad_words < 2 or self.codebook_images < 1:
             raise ConfigError(f"vlad_words must be >= 2 and codebook_images >= 1, got "
                               f"{self.vlad_words}, {self.codebook_images}")
+        if self.ames and not self.aff and not self.global_extractors:
+            raise ConfigError("the AMES stage re-ranks a global search: keep aff=True or add a global extractor, "
+                              "or set ames=False")
 
 
 def load_split(bench_root: Path, part: str, name: str) -> RetrievalDataset:
@@ -143,24 +152,45 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         aff_rows, aff_info = run_aff_stage(aff_cfg, test=test, out_dir=out / "aff")
         rows.extend(aff_rows)
         t_aff = time.perf_counter() - t1
+    ames_info: dict[str, Any] = {}
+    t_ames = 0.0
+    if cfg.ames:
+        t1 = time.perf_counter()
+        val = load_split(bench.root, "val", name) if cfg.aff else None
+        searches = (aff_searches(aff_cfg, aff_info, splits={"test": test, "val": val}) if cfg.aff
+                    else {cfg.global_extractors[0]: {"test": vectors[cfg.global_extractors[0]]}})
+        ames_cfg = ames_config(bench_root=bench.root, features_dir=out / "features",
+                               local_feature=cfg.ames_local_feature, global_feature=cfg.ames_global_feature,
+                               device=cfg.device, seed=cfg.seed, progress=cfg.progress, **dict(cfg.ames_overrides))
+        ames_rows, ames_info = run_ames_stage(ames_cfg, test=test, searches=searches, out_dir=out / "ames",
+                                              val=val)
+        rows.extend(ames_rows)
+        t_ames = time.perf_counter() - t1
     total = time.perf_counter() - t0
     report = {
         "title": "asymfuse demo: single gallery features vs naive concatenation (test split)",
         "dataset": {"name": test.name, "queries": test.nq, "gallery": test.nb, "root": str(test.root)},
         "rows": rows,
         "timing_s": {"benchmark": round(t_bench, 1), "extract": round(t_extract, 1), "aff": round(t_aff, 1),
-                     "total": round(total, 1)},
+                     "ames": round(t_ames, 1), "total": round(total, 1)},
         "aff": aff_info,
+        "ames": ames_info,
         "config": asdict(cfg),
     }
     table = markdown_table(rows, COLUMNS)
     md = (f"# {report['title']}\n\nDataset `{test.name}` test split: {test.nq} queries, "
           f"{test.nb} gallery images (revisitop protocol, mAP in %).\n\n{table}\n\n"
           f"Runtime: {total:.1f} s (benchmark {t_bench:.1f} s, features {t_extract:.1f} s, "
-          f"AFF training + eval {t_aff:.1f} s).\n")
+          f"AFF training + eval {t_aff:.1f} s, AMES training + re-ranking {t_ames:.1f} s).\n")
     if aff_info:
         md += (f"\nAFF (quick tier, joint, alpha={aff_cfg.alpha}): best val epoch {aff_info['best_epoch']}, "
                f"embedding space `{aff_info['embedding_space_id']}`; models and curves in `{aff_info['run_dir']}`.\n")
+    if ames_info:
+        md += (f"\nAMES (binary, {ames_info['local_feature']}, {ames_info['epochs']} epochs, L_q = L_x = "
+               f"{ames_info['lx']}, {ames_info['local_bytes_per_image']} bytes of descriptors per image) re-ranks the "
+               f"top {ames_info['top_m']}; λ/γ are chosen per search on its val split (λ = 1: global score "
+               f"only); model in "
+               f"`{ames_info['checkpoint']}`.\n")
     atomic_write_text(out / "report.md", md)
     write_json(out / "report.json", report)
     report["markdown"] = md

@@ -29,13 +29,21 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     cfg = DemoConfig(out_dir=str(tmp_path / "demo"), global_extractors=("gem_lite1",),
                      local_extractors=("sift",), vlad_words=8, codebook_images=20, progress=False,
                      benchmark=BenchmarkConfig(photos=photos, n_views=3),
-                     aff_overrides=(("epochs", 1), ("input_size", 64), ("preload_side", 80), ("dim", 64)))
+                     aff_overrides=(("epochs", 1), ("input_size", 64), ("preload_side", 80), ("dim", 64)),
+                     ames_overrides=(("epochs", 1),))
     report = run_demo(cfg)
     names = [r["feature"] for r in report["rows"]]
     assert names[:3] == ["gem_lite1", "sift+vlad8", "concat(gem_lite1 + sift+vlad8)"]
-    assert [r["kind"] for r in report["rows"][3:]] == ["AFF symmetric", "AFF asymmetric"]
+    assert [r["kind"] for r in report["rows"][3:]] == ["AFF symmetric", "AFF asymmetric", "AMES re-ranking",
+                                                       "AMES re-ranking"]
+    assert names[5:] == [f"{names[3]} + AMES", f"{names[4]} + AMES"]  # each AFF search, re-ranked
     for name in ("mixer.pt", "query_net.pt", "best.pt", "curves.png", "metrics.jsonl"):
         assert (tmp_path / "demo" / "aff" / name).is_file(), name
+    for name in ("ames.pt", "packed-test/ames_store.json", "metrics.jsonl"):
+        assert (tmp_path / "demo" / "ames" / name).is_file(), name
+    assert report["ames"]["local_bytes_per_image"] == 16 * report["ames"]["lx"]
+    for row in report["rows"][5:]:  # each AFF search gets its own val-chosen weights
+        assert row["weights_chosen_on"] == "this search on val" and 0.0 <= row["lam"] <= 1.0
     for row in report["rows"]:
         for key in ("mAP_easy", "mAP_medium", "mAP_hard"):
             assert 0.0 <= row[key] <= 100.0
@@ -54,7 +62,8 @@ def test_readme_demo_command(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert len(report["rows"]) == 7 and report["dataset"]["queries"] >= 20
+    assert len(report["rows"]) == 9 and report["dataset"]["queries"] >= 20
+    assert [r["kind"] for r in report["rows"][-2:]] == ["AMES re-ranking", "AMES re-ranking"]
     assert report["aff"]["embedding_space_id"].startswith("es-")
     assert "concat(gem_lite1 + gem_lite2 + sift+vlad32)" in res.stdout
 
