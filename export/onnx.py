@@ -1,0 +1,478 @@
+"""ONNX export: ``torch.onnx.export(dynamo=True)`` with a dynamic batch axis and a fixed image
+size, offline onnxruntime graph optimisation, and fp16 / static int8 (QDQ) / dynamic int8.
+
+Pipeline (all intermediate files in a private temp folder, the final file written through
+:func:`~asymfuse.export.artifact.atomic_artifact`):
+
+1. ``torch.onnx.export(model, x, dynamo=True)`` with batch dim dynamic; input ``"image"``
+   ``(B, 3, S, S)`` float32 NCHW normalised, output ``"embedding"`` ``(B, D)`` float32.
+2. onnxruntime basic graph optimisation, saved offline (constant folding, Conv+BN fusion;
+   standard ONNX ops only, so the file stays portable across onnxruntime builds).
+3. Precision:
+   - ``fp32``: as is;
+   - ``fp16``: ``onnxruntime.transformers.float16.convert_float_to_float16`` with float32 I/O;
+     the head (GeM, whitening, L2 norm: every node after the last Conv) stays float32 because
+     GeM's ``x**p`` overflows fp16;
+   - ``int8``: ``quant_pre_process`` then ``quantize_static`` in QDQ format, per-channel int8
+     weights, uint8 activations calibrated (min-max) on the given real images, head in float;
+     leading layers stay float when a self-check on the calibration images falls short;
+   - ``int8_dynamic``: ``quantize_dynamic`` (per-channel uint8 weights, ConvInteger/MatMulInteger;
+     activation ranges computed at run time; depthwise convs and the head stay float).
+4. ModelSpec JSON in ``metadata_props["asymfuse.model_spec"]`` and the ExportSpec JSON in
+   ``metadata_props["asymfuse.export"]``; read back with :func:`read_spec`.
+
+torch is imported only by :func:`export_onnx`; :func:`read_spec` needs ``onnx`` and
+:func:`load_runner` needs only ``onnxruntime``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
+from asymfuse.edge.spec import ModelSpec
+from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
+from asymfuse.export.quantize import batches, check_calibration
+from asymfuse.export.spec import ExportSpec, artifact_name
+
+SPEC_KEY = "asymfuse.model_spec"
+EXPORT_KEY = "asymfuse.export"
+INPUT_NAME = "image"
+OUTPUT_NAME = "embedding"
+OPSET = 18
+INT8_SELF_CHECK = 0.995
+"""Static int8 keeps more leading layers in float while its worst cosine vs the float model on the
+calibration images is below this (the parity gate itself asks >= 0.99 on other images)."""
+FLOAT_PREFIX_STEPS: tuple[int, ...] = (0, 3, 8, 12, 16)
+"""Numbers of leading Conv layers kept in float, tried in order."""
+QUANT_KEY = "asymfuse.quantization"
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise missing_dependency("onnx", extra="export") from exc
+    return onnx
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover
+        raise missing_dependency("onnxruntime", extra="export") from exc
+    return onnxruntime
+
+
+# ---- export ----------------------------------------------------------------------------------
+def export_onnx(model: Any, *, model_spec: ModelSpec, export: ExportSpec, out: Path,
+                calibration: np.ndarray | None = None) -> Artifact:
+    """Export ``model`` to ``out / artifact_name(model_spec, export)``.
+
+    Args:
+        model: torch module, ``(B, 3, S, S)`` float32 NCHW normalised -> ``(B, D)`` float32.
+            Run in eval mode (its previous mode is restored).
+        model_spec: the model's spec; its ``input_size`` must be (S, S) with S = ``export.input_size``.
+        export: an ``ExportSpec`` with ``format="onnx"``.
+        out: output folder (created if missing).
+        calibration: ``(N, 3, S, S)`` float32 preprocessed real images; needed for ``int8``, used by
+            ``int8_dynamic`` (when given) to check which leading layers must stay float.
+
+    Returns:
+        An ``"unverified"`` :class:`Artifact`; run :func:`asymfuse.export.verify.verify_artifact`.
+
+    Raises:
+        ConfigError: wrong format, size mismatch, too few calibration images, unwritable ``out``.
+        ShapeError: calibration images of the wrong shape or with NaN.
+        MissingDependencyError: onnx / onnxruntime / onnxscript not installed.
+    """
+    if export.format != "onnx":
+        raise ConfigError(f"export_onnx got an ExportSpec for {export.format!r}; use EXPORTERS[{export.format!r}]")
+    size = export.input_size
+    if tuple(model_spec.input_size) != (size, size):
+        raise ConfigError(f"the model's ModelSpec.input_size is {tuple(model_spec.input_size)} but the export asks "
+                          f"for {size}x{size}; rebuild the net at input_size={size} (or pass --size "
+                          f"{model_spec.input_size[0]})")
+    calib = None
+    if export.precision == "int8" or (export.precision == "int8_dynamic" and calibration is not None):
+        calib = check_calibration(calibration, minimum=export.min_calibration, input_size=size)
+        calib = calib[:export.calibration_images]
+    onnx = _import_onnx()
+    _import_ort()
+    target = Path(out) / artifact_name(model_spec, export)
+    with atomic_artifact(target) as tmp_final, tempfile.TemporaryDirectory(prefix="asymfuse-onnx-") as work:
+        work_dir = Path(work)
+        raw = work_dir / "raw.onnx"
+        _torch_export(model, raw, size=size, batch=export.batch)
+        quant_info: dict[str, Any] = {}
+        if export.precision == "int8":
+            final, quant_info = _quantize_static(raw, work_dir, calib)
+        elif export.precision == "int8_dynamic":
+            final, quant_info = _quantize_dynamic(raw, work_dir, calib)
+        else:
+            opt = _ort_optimize(raw, work_dir / "opt.onnx")
+            final = _to_fp16(opt, work_dir / "fp16.onnx") if export.precision == "fp16" else opt
+        proto = onnx.load(str(final))
+        _set_metadata(proto, model_spec, export, quant_info)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp_final))
+    art = make_artifact(target, format="onnx", precision=export.precision, input_size=size, spec=model_spec)
+    return art.with_status("unverified", parity={"quantization": quant_info}) if quant_info else art
+
+
+def _torch_export(model: Any, path: Path, *, size: int, batch: str) -> None:
+    """torch -> ONNX (dynamo), batch axis dynamic unless ``batch == "fixed"``."""
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+        import torch
+    except ImportError as exc:
+        raise missing_dependency(getattr(exc, "name", None) or "onnxscript", extra="export") from exc
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        if batch == "dynamic":
+            x = torch.zeros(2, 3, size, size, device=device)  # batch 2: torch.export specialises batch 1
+            dynamic_shapes: Any = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+        else:
+            x = torch.zeros(1, 3, size, size, device=device)
+            dynamic_shapes = None
+        with torch.no_grad():
+            prog = torch.onnx.export(model, (x,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                     dynamic_shapes=dynamic_shapes, opset_version=OPSET, optimize=True,
+                                     external_data=False, verbose=False)
+        if prog is None:  # pragma: no cover - dynamo=True always returns a program
+            raise ConfigError("torch.onnx.export returned nothing; upgrade torch")
+        prog.save(str(path), external_data=False)
+    finally:
+        model.train(was_training)
+
+
+def _ort_optimize(src: Path, dst: Path) -> Path:
+    """Offline onnxruntime basic optimisation (portable: standard ONNX ops only)."""
+    ort = _import_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(dst)
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    return dst
+
+
+def _head_nodes(model: Any) -> list[str]:
+    """Names of the nodes after the last Conv (GeM, whitening, L2 norm): kept in float."""
+    nodes = list(model.graph.node)
+    last_conv = max((i for i, n in enumerate(nodes) if n.op_type in ("Conv", "ConvInteger", "QLinearConv")),
+                    default=-1)
+    return [n.name for n in nodes[last_conv + 1:] if n.name]
+
+
+def _name_nodes(model: Any) -> None:
+    """Give every node a unique name (block and exclude lists work by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def _to_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and activations with float32 I/O; the head stays float32."""
+    onnx = _import_onnx()
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:  # pragma: no cover
+        raise missing_dependency("onnxruntime", extra="export") from exc
+    proto = onnx.load(str(src))
+    _name_nodes(proto)
+    fp16 = convert_float_to_float16(proto, keep_io_types=True, node_block_list=_head_nodes(proto))
+    _toposort(fp16.graph)  # the converter appends the input casts at the end
+    onnx.save(fp16, str(dst))
+    return dst
+
+
+def _toposort(graph: Any) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise CorruptDataError(f"ONNX graph has a cycle or a missing input at node {rest[0].name!r}")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for dst, src in zip(copies, ordered):
+        dst.CopyFrom(src)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def _pre_process(src: Path, dst: Path) -> Path:
+    """onnxruntime ``quant_pre_process`` (shape inference + optimisation before quantisation).
+
+    Symbolic shape inference cannot follow the ``Expand`` of ``F.normalize`` with a dynamic batch;
+    plain ONNX shape inference is enough for these CNNs, so it falls back to that.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+    except (TypeError, ValueError, AssertionError, KeyError):
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    return dst
+
+
+class _Reader:
+    """onnxruntime ``CalibrationDataReader`` over ``(N, 3, S, S)`` images, one image per call."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._images = images
+        self._it = iter(batches(images, batch_size=1))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+    def rewind(self) -> None:
+        self._it = iter(batches(self._images, batch_size=1))
+
+
+def _quantize_static(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
+    """quant_pre_process + static QDQ int8 (per-channel weights) calibrated on ``calib``.
+
+    Depthwise-separable nets (MobileNet, EfficientNet-Lite) lose most accuracy in their first
+    blocks, where per-tensor activation ranges differ wildly between channels. After quantising
+    everything, the result is checked against the float model on the calibration images; while the
+    worst cosine is below :data:`INT8_SELF_CHECK`, more leading Conv layers (:data:`FLOAT_PREFIX_STEPS`)
+    are kept in float. The choice is recorded, never silent.
+
+    Returns:
+        The quantised file and what was done: ``{"float_convs": k, "n_convs": n,
+        "calibration_cosine_min": c, "calibration_images": N, ...}``.
+    """
+    onnx = _import_onnx()
+    ort = _import_ort()
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static
+
+    if calib is None:  # pragma: no cover - checked by the caller
+        raise ConfigError("static int8 needs calibration images")
+    pre = _pre_process(raw, work / "pre.onnx")
+    proto = onnx.load(str(pre))
+    _name_nodes(proto)
+    onnx.save(proto, str(pre))
+    nodes = list(proto.graph.node)
+    head = _head_nodes(proto)
+    conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    reference = _run_file(ort, pre, calib)
+    cache = work / "calibration.json"
+    best = (-2.0, 0, work / "int8-0.onnx")
+    for k in FLOAT_PREFIX_STEPS:
+        if k > 0 and k >= len(conv_at) - 1:
+            break
+        prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
+        dst = work / f"int8-{k}.onnx"
+        reader = type("AsymfuseReader", (_Reader, CalibrationDataReader), {})(calib)
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress
+            quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=head + prefix, calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=str(cache),
+                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        cos = float(_cosine_rows(_run_file(ort, dst, calib), reference).min())
+        if cos > best[0] + 1e-4:
+            best = (cos, k, dst)
+        if cos >= INT8_SELF_CHECK:
+            break
+    info = {"float_convs": best[1], "n_convs": len(conv_at), "calibration_cosine_min": round(best[0], 6),
+            "calibration_images": len(calib), "calibration_method": "minmax", "activations": "uint8 per-tensor",
+            "weights": "int8 per-channel"}
+    return best[2], info
+
+
+def _run_file(ort: Any, path: Path, x: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: b})[0] for b in batches(x, batch_size=16)])
+
+
+def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
+
+
+def _quantize_dynamic(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
+    """Dynamic-range int8: per-channel uint8 weights (ConvInteger on the CPU needs uint8), activation
+    ranges computed per run. Depthwise convs and the head stay float (per-tensor dynamic activations
+    wreck them). When ``calib`` is given, leading convs are kept in float as for static int8 until the
+    self-check on those images passes; without images no check is possible and none is claimed.
+    """
+    onnx = _import_onnx()
+    ort = _import_ort()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    pre = _pre_process(raw, work / "pre.onnx")
+    proto = onnx.load(str(pre))
+    _name_nodes(proto)
+    onnx.save(proto, str(pre))
+    nodes = list(proto.graph.node)
+    depthwise = [n.name for n in nodes if n.op_type == "Conv"
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    keep = _head_nodes(proto) + depthwise
+    conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    reference = _run_file(ort, pre, calib) if calib is not None else None
+    best = (-2.0, 0, work / "int8_dynamic-0.onnx")
+    for k in FLOAT_PREFIX_STEPS if calib is not None else (0,):
+        if k > 0 and k >= len(conv_at) - 1:
+            break
+        prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
+        dst = work / f"int8_dynamic-{k}.onnx"
+        quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QUInt8,
+                         nodes_to_exclude=keep + prefix)
+        if reference is None:
+            best = (float("nan"), k, dst)
+            break
+        cos = float(_cosine_rows(_run_file(ort, dst, calib), reference).min())
+        if cos > best[0] + 1e-4:
+            best = (cos, k, dst)
+        if cos >= INT8_SELF_CHECK:
+            break
+    info: dict[str, Any] = {"float_convs": best[1], "n_convs": len(conv_at), "float_depthwise": len(depthwise),
+                            "weights": "uint8 per-channel", "activations": "dynamic uint8"}
+    if calib is not None:
+        info.update({"calibration_cosine_min": round(best[0], 6), "calibration_images": len(calib)})
+    return best[2], info
+
+
+def _set_metadata(proto: Any, model_spec: ModelSpec, export: ExportSpec, quant_info: dict[str, Any]) -> None:
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[SPEC_KEY] = model_spec.to_json()
+    props[EXPORT_KEY] = export.to_json()
+    if quant_info:
+        props[QUANT_KEY] = json.dumps(quant_info, sort_keys=True)
+    del proto.metadata_props[:]
+    for key in sorted(props):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, props[key]
+    proto.producer_name = "asymfuse"
+    proto.doc_string = (f"asymfuse query net {model_spec.arch}: input '{INPUT_NAME}' (B, 3, {export.input_size}, "
+                        f"{export.input_size}) float32 NCHW normalised per metadata '{SPEC_KEY}'; output "
+                        f"'{OUTPUT_NAME}' (B, {model_spec.embed_dim}) float32")
+
+
+# ---- reading back ----------------------------------------------------------------------------
+def _spec_from_props(props: dict[str, str], path: Path) -> ModelSpec:
+    if SPEC_KEY not in props:
+        raise CorruptDataError(f"{path} carries no ModelSpec (metadata '{SPEC_KEY}'); re-export it with asymfuse")
+    try:
+        return ModelSpec.from_json(props[SPEC_KEY])
+    except ConfigError as exc:
+        raise CorruptDataError(f"{path}: metadata '{SPEC_KEY}' is invalid ({exc}); re-export it") from exc
+
+
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """The :class:`ModelSpec` stored in an ONNX file's ``metadata_props``.
+
+    Raises:
+        CorruptDataError: the file is missing, unreadable or has no ModelSpec.
+    """
+    return _spec_from_props(read_metadata(path), Path(path))
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """All ``metadata_props`` of an ONNX file (weights are not loaded)."""
+    onnx = _import_onnx()
+    p = Path(path)
+    if not p.is_file():
+        raise CorruptDataError(f"ONNX file {p} does not exist; check the path")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise CorruptDataError(f"{p} is not a readable ONNX file ({exc}); re-export it") from exc
+    return {e.key: e.value for e in proto.metadata_props}
+
+
+def read_export_spec(path: str | os.PathLike[str]) -> ExportSpec:
+    """The :class:`ExportSpec` an ONNX file was exported with."""
+    props = read_metadata(path)
+    if EXPORT_KEY not in props:
+        raise CorruptDataError(f"{path} carries no '{EXPORT_KEY}' metadata; re-export it with asymfuse")
+    return ExportSpec.from_dict(json.loads(props[EXPORT_KEY]))
+
+
+class OnnxRunner:
+    """Runs an ONNX artifact with onnxruntime (CPU).
+
+    ``run``: ``(B, 3, S, S)`` float32 NCHW preprocessed -> ``(B, D)`` float32.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], num_threads: int | None = None) -> None:
+        ort = _import_ort()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise CorruptDataError(f"ONNX file {self.path} does not exist; check the path")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ConfigError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads is not None:
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
+            raise CorruptDataError(f"onnxruntime cannot load {self.path} ({exc}); re-export it") from exc
+        self.num_threads = num_threads
+        self.spec = _spec_from_props(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = tuple(inp.shape)
+        self.output_name = self.session.get_outputs()[0].name
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return not isinstance(self.input_shape[0], int)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """``(B, 3, S, S)`` float32 -> ``(B, D)`` float32.
+
+        Raises:
+            ShapeError: wrong shape, or a batch other than the file's fixed batch.
+        """
+        arr = np.asarray(x)
+        h, w = self.spec.input_size
+        if arr.ndim != 4 or arr.shape[1:] != (3, h, w):
+            raise ShapeError(f"{self.path.name} expects (B, 3, {h}, {w}) float32 NCHW, got shape {arr.shape}; "
+                             "preprocess with asymfuse.edge.preprocess.preprocess(images, runner.spec)")
+        if not self.dynamic_batch and arr.shape[0] != self.input_shape[0]:
+            raise ShapeError(f"{self.path.name} has a fixed batch of {self.input_shape[0]}, got {arr.shape[0]}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        return np.asarray(self.session.run([self.output_name], {self.input_name: arr})[0], dtype=np.float32)
+
+    __call__ = run
+
+
+def load_runner(path: str | os.PathLike[str], num_threads: int | None = None) -> OnnxRunner:
+    """An :class:`OnnxRunner` for ``path`` with ``num_threads`` intra-op threads (None: onnxruntime default)."""
+    return OnnxRunner(path, num_threads)
+
