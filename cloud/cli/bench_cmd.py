@@ -1,5 +1,5 @@
 """``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations,
-``bench ames`` the AMES re-ranking tables."""
+``bench ames`` the AMES re-ranking tables, ``bench export`` the exported query nets (parity and speed)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "or a training key (batch_size, lr, ...); repeatable")
     ames.add_argument("--progress", action="store_true", help="show extraction and training progress bars")
     ames.set_defaults(func=run_ames)
+    export = benches.add_parser("export", help="query nets exported to ONNX / TFLite / Core ML x fp32 / fp16 / int8: "
+                                               "parity gate, mAP, batch-1 latency, Pareto plot")
+    export.add_argument("--quick", action="store_true", help="the quick tier (EfficientNet-Lite0 at 224 only)")
+    export.add_argument("--out", default=None, help="output folder (default runs/bench/export or "
+                                                    "runs/bench/export-quick)")
+    export.add_argument("--bench-root", default=None,
+                        help="use (or build) the embedded benchmark here instead of <out>/benchmark")
+    export.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        help="override a bench key (archs, sizes, formats, precisions, threads, runs, warmup, "
+                             "calibration, embed_dim); repeatable")
+    export.set_defaults(func=run_export)
 
 
 def run_aff(args: argparse.Namespace) -> int:
@@ -60,4 +71,26 @@ def run_ames(args: argparse.Namespace) -> int:
     failed = sum(not r.ok for r in result["rows"])
     print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
     print(f"report: {result['paths']['markdown']}, {result['paths']['json']}, {result['paths']['plot']}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.export_bench import ExportBenchConfig, run_export_bench
+    from asymfuse.cloud.cli.export_cmd import quiet_toolchain_logs
+    from asymfuse.cloud.cli.options import parse_options
+
+    quiet_toolchain_logs(getattr(args, "verbose", False))
+    tier = "quick" if args.quick else "default"
+    cfg = ExportBenchConfig.preset(tier, **({"bench_root": args.bench_root} if args.bench_root else {}))
+    cfg = cfg.with_overrides(parse_options(args.overrides))
+    out = args.out or ("runs/bench/export-quick" if args.quick else "runs/bench/export")
+    result = run_export_bench(cfg, out_dir=out)
+    print(result["markdown"])
+    rows = result["rows"]
+    crashed = sum(r.status == "export_failed" for r in rows)
+    gated = sum(r.status == "failed" for r in rows)
+    print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(rows)} rows, {crashed} export failures, "
+          f"{gated} gate failures)")
+    print(f"report: {result['paths']['markdown']}, {result['paths']['csv']}, {result['paths']['json']}, "
+          f"{result['paths']['plot']}")
     return 0

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "asymfuse.cloud.cli.index_cmd",
     "asymfuse.cloud.cli.bench_cmd",
     "asymfuse.cloud.cli.flops_cmd",
+    "asymfuse.cloud.cli.export_cmd",
 )
 
 
