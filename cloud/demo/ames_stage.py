@@ -56,6 +56,12 @@ def ames_config(*, bench_root: Path, features_dir: Path, local_feature: str, glo
     return AMESTrainConfig().replace(**values)
 
 
+def aff_labels(aff_cfg: TrainConfig) -> tuple[str, str]:
+    """The AFF stage's row labels: (symmetric search, asymmetric search)."""
+    fused = "AFF(" + " + ".join(aff_cfg.gallery_features) + ")"
+    return f"{fused} → {fused}", f"{aff_cfg.query_arch}@{aff_cfg.input_size} → {fused}"
+
+
 def aff_searches(aff_cfg: TrainConfig, aff_info: Mapping[str, Any], *,
                  splits: Mapping[str, RetrievalDataset]) -> dict[str, dict[str, Vectors]]:
     """The AFF stage's two searches on each split, ``{row label: {part: (xq, xb)}}`` (labels as in
@@ -72,8 +78,7 @@ def aff_searches(aff_cfg: TrainConfig, aff_info: Mapping[str, Any], *,
     mixer, _ = load_mixer(aff_info["mixer"])
     net = load_query_net(aff_info["query_net"])
     feats = Path(aff_cfg.features_dir)
-    fused = "AFF(" + " + ".join(aff_cfg.gallery_features) + ")"
-    sym, asym = f"{fused} → {fused}", f"{aff_cfg.query_arch}@{aff_cfg.input_size} → {fused}"
+    sym, asym = aff_labels(aff_cfg)
     out: dict[str, dict[str, Vectors]] = {sym: {}, asym: {}}
     for part, ds in splits.items():
         tables = {side: load_gallery_table([feats / n / part / side for n in aff_cfg.gallery_features],

@@ -23,7 +23,8 @@ from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, data
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.data.revisitop import load_revisitop
 from asymfuse.cloud.demo.aff_stage import aff_config, run_aff_stage
-from asymfuse.cloud.demo.ames_stage import aff_searches, ames_config, run_ames_stage
+from asymfuse.cloud.demo.ames_stage import aff_labels, aff_searches, ames_config, run_ames_stage
+from asymfuse.cloud.demo.export_stage import DEMO_TARGETS, run_export_stage
 from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
 from asymfuse.cloud.eval.report import markdown_table, write_json
 from asymfuse.cloud.features.aggregate import train_vlad_codebook, vlad
@@ -34,6 +35,7 @@ from asymfuse.edge.fileio import atomic_write_text
 
 LOG = logging.getLogger("asymfuse.demo")
 COLUMNS = ("feature", "kind", "dim", "mAP_easy", "mAP_medium", "mAP_hard", "mP@10_medium", "mP@10_hard")
+EXPORT_COLUMNS = ("feature", "status", "cosine_min", "file_mb", "mAP_easy", "mAP_medium", "mAP_hard", "reason")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class DemoConfig:
     ames_local_feature: str = "sift"  # already extracted by the demo (local_lite2 would add minutes)
     ames_global_feature: str = "gem_lite1"  # hard-negative mining and the val search of the AMES trainer
     ames_overrides: tuple[tuple[str, Any], ...] = ()  # (AMESTrainConfig key, value) pairs
+    export: bool = True  # export the AFF query net (ONNX, TFLite), gate each file and add its rows
+    export_targets: tuple[tuple[str, str], ...] = DEMO_TARGETS  # (format, precision) pairs
+    export_calibration: int = 32  # train-split photos that calibrate int8
 
     def __post_init__(self) -> None:
         if len(self.global_extractors) + len(self.local_extractors) < 1:
@@ -65,6 +70,8 @@ class DemoConfig:
         if self.ames and not self.aff and not self.global_extractors:
             raise ConfigError("the AMES stage re-ranks a global search: keep aff=True or add a global extractor, "
                               "or set ames=False")
+        if self.export and not self.aff:
+            raise ConfigError("the export stage exports the AFF stage's query net: keep aff=True or set export=False")
 
 
 def load_split(bench_root: Path, part: str, name: str) -> RetrievalDataset:
@@ -154,11 +161,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         t_aff = time.perf_counter() - t1
     ames_info: dict[str, Any] = {}
     t_ames = 0.0
+    val = load_split(bench.root, "val", name) if cfg.aff and cfg.ames else None
+    aff_vectors = (aff_searches(aff_cfg, aff_info, splits={"test": test} if val is None else {"test": test, "val": val})
+                   if cfg.aff and (cfg.ames or cfg.export) else {})
     if cfg.ames:
         t1 = time.perf_counter()
-        val = load_split(bench.root, "val", name) if cfg.aff else None
-        searches = (aff_searches(aff_cfg, aff_info, splits={"test": test, "val": val}) if cfg.aff
-                    else {cfg.global_extractors[0]: {"test": vectors[cfg.global_extractors[0]]}})
+        searches = (aff_vectors if cfg.aff else {cfg.global_extractors[0]: {"test": vectors[cfg.global_extractors[0]]}})
         ames_cfg = ames_config(bench_root=bench.root, features_dir=out / "features",
                                local_feature=cfg.ames_local_feature, global_feature=cfg.ames_global_feature,
                                device=cfg.device, seed=cfg.seed, progress=cfg.progress, **dict(cfg.ames_overrides))
@@ -166,22 +174,35 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                                               val=val)
         rows.extend(ames_rows)
         t_ames = time.perf_counter() - t1
+    export_info: dict[str, Any] = {}
+    t_export = 0.0
+    if cfg.export:
+        t1 = time.perf_counter()
+        asym = aff_labels(aff_cfg)[1]
+        export_rows, export_info = run_export_stage(
+            query_net=Path(aff_info["query_net"]), bench=bench, test=test, gallery=aff_vectors[asym]["test"][1],
+            gallery_label=asym.split(" → ")[1], out_dir=out / "export", targets=cfg.export_targets,
+            calibration=cfg.export_calibration)
+        rows.extend(export_rows)
+        t_export = time.perf_counter() - t1
     total = time.perf_counter() - t0
     report = {
         "title": "asymfuse demo: single gallery features vs naive concatenation (test split)",
         "dataset": {"name": test.name, "queries": test.nq, "gallery": test.nb, "root": str(test.root)},
         "rows": rows,
         "timing_s": {"benchmark": round(t_bench, 1), "extract": round(t_extract, 1), "aff": round(t_aff, 1),
-                     "ames": round(t_ames, 1), "total": round(total, 1)},
+                     "ames": round(t_ames, 1), "export": round(t_export, 1), "total": round(total, 1)},
         "aff": aff_info,
         "ames": ames_info,
+        "export": export_info,
         "config": asdict(cfg),
     }
-    table = markdown_table(rows, COLUMNS)
+    table = markdown_table([r for r in rows if r["kind"] != "exported query net"], COLUMNS)
     md = (f"# {report['title']}\n\nDataset `{test.name}` test split: {test.nq} queries, "
           f"{test.nb} gallery images (revisitop protocol, mAP in %).\n\n{table}\n\n"
           f"Runtime: {total:.1f} s (benchmark {t_bench:.1f} s, features {t_extract:.1f} s, "
-          f"AFF training + eval {t_aff:.1f} s, AMES training + re-ranking {t_ames:.1f} s).\n")
+          f"AFF training + eval {t_aff:.1f} s, AMES training + re-ranking {t_ames:.1f} s, export + gate "
+          f"{t_export:.1f} s).\n")
     if aff_info:
         md += (f"\nAFF (quick tier, joint, alpha={aff_cfg.alpha}): best val epoch {aff_info['best_epoch']}, "
                f"embedding space `{aff_info['embedding_space_id']}`; models and curves in `{aff_info['run_dir']}`.\n")
@@ -191,6 +212,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                f"top {ames_info['top_m']}; λ/γ are chosen per search on its val split (λ = 1: global score "
                f"only); model in "
                f"`{ames_info['checkpoint']}`.\n")
+    if export_info:
+        exported = [r for r in rows if r["kind"] == "exported query net"]
+        md += (f"\n## Exported query net (asymmetric: artifact queries → fused torch gallery; torch mAP_medium "
+               f"{export_info['torch_mAP_medium']:.2f}; int8 calibrated on {export_info['calibration_images']} train "
+               f"photos)\n\n{markdown_table(exported, EXPORT_COLUMNS, digits=4)}"
+               f"\n\nFiles and `manifest.json` in `{export_info['dir']}` (a file that fails the gate is under "
+               "`failed/` and is not shippable).\n")
     atomic_write_text(out / "report.md", md)
     write_json(out / "report.json", report)
     report["markdown"] = md
