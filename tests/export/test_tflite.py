@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
-from asymfuse.export import tflite
+from asymfuse.export import tflite, tflite_flatbuffer, tflite_int8
 from asymfuse.export.artifact import sha256_of
 from asymfuse.export.registry import create_exporter, load_runner, read_model_spec
 from asymfuse.export.spec import ExportSpec
@@ -129,11 +129,11 @@ def test_float_prefix_keeps_leading_convs_float_and_input_int8(tiny_net, images)
 
     module = litert_torch.to_channel_last_io(tiny_net, args=[0]).eval()
     sample = (torch.zeros(1, TINY_SIZE, TINY_SIZE, 3),)
-    content, n_convs = tflite._pt2e_int8(module, sample, images[::2][:16], channel_last=True, float_convs=2)
+    content, n_convs = tflite_int8._pt2e_int8(module, sample, images[::2][:16], channel_last=True, float_convs=2)
     assert n_convs == 4
     convs = [dtype for name, dtype in _op_input_types(content) if name == "CONV_2D"]
     assert convs == ["float32", "float32", "int8", "int8"]
-    out = tflite._run_flatbuffer(content, images[1::2], channel_last=True)
+    out = tflite_int8._run_flatbuffer(content, images[1::2], channel_last=True)
     assert cosine_rows(out, torch_embed(tiny_net, images[1::2])).min() >= THRESHOLDS["int8"]
     ops = _op_input_types(content)
     first_conv = ops.index(("CONV_2D", "float32"))
@@ -152,7 +152,7 @@ def test_model_spec_roundtrip_embedded_and_sidecar(tflite_artifacts, tiny_net, t
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(art.path.read_bytes()))
-    model.metadata = [m for m in model.metadata if tflite._name(m.name) != tflite.SPEC_KEY]
+    model.metadata = [m for m in model.metadata if tflite_flatbuffer._name(m.name) != tflite.SPEC_KEY]
     bare = tmp_path / "bare.tflite"
     bare.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
     with pytest.raises(CorruptDataError, match="carries no ModelSpec"):
