@@ -40,7 +40,7 @@ import numpy as np
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
 from asymfuse.edge.spec import ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
-from asymfuse.export.quantize import batches, check_calibration
+from asymfuse.export.quantize import QUANT_KEY, batches, check_calibration, search_float_prefix
 from asymfuse.export.spec import ExportSpec, artifact_name
 
 SPEC_KEY = "asymfuse.model_spec"
@@ -48,12 +48,6 @@ EXPORT_KEY = "asymfuse.export"
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 OPSET = 18
-INT8_SELF_CHECK = 0.995
-"""Static int8 keeps more leading layers in float while its worst cosine vs the float model on the
-calibration images is below this (the parity gate itself asks >= 0.99 on other images)."""
-FLOAT_PREFIX_STEPS: tuple[int, ...] = (0, 3, 8, 12, 16)
-"""Numbers of leading Conv layers kept in float, tried in order."""
-QUANT_KEY = "asymfuse.quantization"
 
 
 def _import_onnx() -> Any:
@@ -282,10 +276,8 @@ def _quantize_static(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[P
     conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     reference = _run_file(ort, pre, calib)
     cache = work / "calibration.json"
-    best = (-2.0, 0, work / "int8-0.onnx")
-    for k in FLOAT_PREFIX_STEPS:
-        if k > 0 and k >= len(conv_at) - 1:
-            break
+
+    def attempt(k: int) -> tuple[Path, np.ndarray, int]:
         prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
         dst = work / f"int8-{k}.onnx"
         reader = type("AsymfuseReader", (_Reader, CalibrationDataReader), {})(calib)
@@ -295,15 +287,13 @@ def _quantize_static(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[P
                             nodes_to_exclude=head + prefix, calibrate_method=CalibrationMethod.MinMax,
                             calibration_cache_path=str(cache),
                             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        cos = float(_cosine_rows(_run_file(ort, dst, calib), reference).min())
-        if cos > best[0] + 1e-4:
-            best = (cos, k, dst)
-        if cos >= INT8_SELF_CHECK:
-            break
-    info = {"float_convs": best[1], "n_convs": len(conv_at), "calibration_cosine_min": round(best[0], 6),
+        return dst, _run_file(ort, dst, calib), len(conv_at)
+
+    dst, k, cos, _ = search_float_prefix(attempt, reference)
+    info = {"float_convs": k, "n_convs": len(conv_at), "calibration_cosine_min": round(cos, 6),
             "calibration_images": len(calib), "calibration_method": "minmax", "activations": "uint8 per-tensor",
             "weights": "int8 per-channel"}
-    return best[2], info
+    return dst, info
 
 
 def _run_file(ort: Any, path: Path, x: np.ndarray) -> np.ndarray:
@@ -312,11 +302,6 @@ def _run_file(ort: Any, path: Path, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: b})[0] for b in batches(x, batch_size=16)])
-
-
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
 
 
 def _quantize_dynamic(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
@@ -338,28 +323,25 @@ def _quantize_dynamic(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[
                  and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     keep = _head_nodes(proto) + depthwise
     conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-    reference = _run_file(ort, pre, calib) if calib is not None else None
-    best = (-2.0, 0, work / "int8_dynamic-0.onnx")
-    for k in FLOAT_PREFIX_STEPS if calib is not None else (0,):
-        if k > 0 and k >= len(conv_at) - 1:
-            break
+
+    def quantize(k: int) -> Path:
         prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
         dst = work / f"int8_dynamic-{k}.onnx"
         quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QUInt8,
                          nodes_to_exclude=keep + prefix)
-        if reference is None:
-            best = (float("nan"), k, dst)
-            break
-        cos = float(_cosine_rows(_run_file(ort, dst, calib), reference).min())
-        if cos > best[0] + 1e-4:
-            best = (cos, k, dst)
-        if cos >= INT8_SELF_CHECK:
-            break
-    info: dict[str, Any] = {"float_convs": best[1], "n_convs": len(conv_at), "float_depthwise": len(depthwise),
+        return dst
+
+    info: dict[str, Any] = {"n_convs": len(conv_at), "float_depthwise": len(depthwise),
                             "weights": "uint8 per-channel", "activations": "dynamic uint8"}
-    if calib is not None:
-        info.update({"calibration_cosine_min": round(best[0], 6), "calibration_images": len(calib)})
-    return best[2], info
+    if calib is None:  # nothing to check against: all convs but the depthwise ones and the head quantised
+        return quantize(0), {"float_convs": 0, **info}
+
+    def attempt(k: int) -> tuple[Path, np.ndarray, int]:
+        dst = quantize(k)
+        return dst, _run_file(ort, dst, calib), len(conv_at)
+
+    dst, k, cos, _ = search_float_prefix(attempt, _run_file(ort, pre, calib))
+    return dst, {"float_convs": k, **info, "calibration_cosine_min": round(cos, 6), "calibration_images": len(calib)}
 
 
 def _set_metadata(proto: Any, model_spec: ModelSpec, export: ExportSpec, quant_info: dict[str, Any]) -> None:

@@ -6,7 +6,8 @@ lives in the format modules; this module holds what they share. NumPy only.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -54,3 +55,55 @@ def batches(images: np.ndarray, *, batch_size: int = 1) -> Iterator[np.ndarray]:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(images), batch_size):
         yield np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
+
+
+QUANT_KEY = "asymfuse.quantization"
+"""Metadata key of the JSON record of how an int8 artifact was quantised (e.g. its float layers)."""
+INT8_SELF_CHECK = 0.995
+"""Int8 exports keep more leading conv layers in float while their worst cosine vs the float model on
+the calibration images is below this (the parity gate itself asks >= 0.99 on other images)."""
+FLOAT_PREFIX_STEPS: tuple[int, ...] = (0, 3, 8, 12, 16)
+"""Numbers of leading conv layers kept in float, tried in order."""
+
+T = TypeVar("T")
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two ``(N, D)`` arrays -> ``(N,)`` float64."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
+
+
+def search_float_prefix(attempt: Callable[[int], tuple[T, np.ndarray, int]], reference: np.ndarray, *,
+                        steps: Sequence[int] = FLOAT_PREFIX_STEPS,
+                        target: float = INT8_SELF_CHECK) -> tuple[T, int, float, int]:
+    """Quantise with ``k`` leading convs left in float, for ``k`` in ``steps``, until the worst
+    cosine against ``reference`` reaches ``target``; keep the best attempt.
+
+    Depthwise-separable nets (EfficientNet-Lite, MobileNet) lose most int8 accuracy in their first
+    blocks, so leaving a few of them in float buys most of it back at little cost in speed.
+
+    Args:
+        attempt: ``k -> (artifact, outputs (N, D) on the calibration images, number of convs)``.
+        reference: ``(N, D)`` float model outputs on the same images.
+        steps: increasing ``k`` values; ``k`` values that would leave fewer than 2 convs
+            quantised are skipped.
+        target: stop at the first attempt whose worst cosine reaches this.
+
+    Returns:
+        ``(artifact, k, worst cosine, number of convs)`` of the best attempt (ties: the smaller ``k``).
+    """
+    best: tuple[T, int, float] | None = None
+    n_convs: int | None = None
+    for k in steps:
+        if k > 0 and n_convs is not None and k >= n_convs - 1:
+            break
+        artifact, outputs, n_convs = attempt(k)
+        cos = float(cosine_rows(outputs, reference).min())
+        if best is None or cos > best[2] + 1e-4:
+            best = (artifact, k, cos)
+        if cos >= target:
+            break
+    if best is None or n_convs is None:
+        raise ConfigError("search_float_prefix needs at least one step, e.g. (0,)")
+    return best[0], best[1], best[2], n_convs

@@ -8,14 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from asymfuse.export.quantize import FLOAT_PREFIX_STEPS, INT8_SELF_CHECK, search_float_prefix
 from asymfuse.export.tflite_flatbuffer import set_input_type
 
-
-INT8_SELF_CHECK = 0.995
-"""Full int8 keeps more leading conv layers in float while its worst cosine vs the float model on the
-calibration images is below this (the parity gate itself asks >= 0.99 on other images)."""
-FLOAT_PREFIX_STEPS: tuple[int, ...] = (0, 3, 8, 12, 16)
-"""Numbers of leading conv layers kept in float, tried in order."""
+__all__ = ["FLOAT_PREFIX_STEPS", "INT8_SELF_CHECK"]
 
 
 def _convert_int8(module: Any, sample: tuple[Any, ...], calibration: np.ndarray, *, channel_last: bool,
@@ -36,21 +32,16 @@ def _convert_int8(module: Any, sample: tuple[Any, ...], calibration: np.ndarray,
 
     with torch.no_grad():
         reference = np.concatenate([module(_sample_row(torch, row, channel_last)).numpy() for row in calibration])
-    n_convs = 0
-    best: tuple[float, int, bytes] = (-2.0, 0, b"")
-    for k in FLOAT_PREFIX_STEPS:
-        if k > 0 and k >= n_convs - 1:
-            break
+
+    def attempt(k: int) -> tuple[bytes, np.ndarray, int]:
         content, n_convs = _pt2e_int8(module, sample, calibration, channel_last=channel_last, float_convs=k)
-        cos = float(_cosine_rows(_run_flatbuffer(content, calibration, channel_last=channel_last), reference).min())
-        if cos > best[0] + 1e-4:
-            best = (cos, k, content)
-        if cos >= INT8_SELF_CHECK:
-            break
-    info = {"float_convs": best[1], "n_convs": n_convs, "calibration_cosine_min": round(best[0], 6),
+        return content, _run_flatbuffer(content, calibration, channel_last=channel_last), n_convs
+
+    content, k, cos, n_convs = search_float_prefix(attempt, reference)
+    info = {"float_convs": k, "n_convs": n_convs, "calibration_cosine_min": round(cos, 6),
             "calibration_images": len(calibration), "calibration_method": "histogram",
             "activations": "int8 per-tensor", "weights": "int8 per-channel"}
-    return set_input_type(best[2], int8_io), info
+    return set_input_type(content, int8_io), info
 
 
 def _sample_row(torch: Any, row: np.ndarray, channel_last: bool) -> Any:
@@ -110,11 +101,6 @@ def _run_flatbuffer(content: bytes, images: np.ndarray, *, channel_last: bool) -
             y = (y.astype(np.float32) - zero) * scale
         rows.append(np.asarray(y, dtype=np.float32).copy())
     return np.concatenate(rows)
-
-
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
 
 
 def _fused_clamp_quantizer(pq: Any, *, float_convs: int = 0) -> Any:

@@ -24,8 +24,11 @@ import numpy as np
 
 from asymfuse.edge.errors import AsymfuseError, ConfigError, ShapeError
 from asymfuse.export.artifact import Artifact, move_to_failed
+from asymfuse.export.quantize import cosine_rows
 from asymfuse.export.registry import RUNNERS, Runner, _call, read_model_spec
 from asymfuse.export.spec import DYNAMIC_BATCH_FORMATS
+
+__all__ = ["MAX_MAP_DROP", "THRESHOLDS", "cosine_rows", "torch_outputs", "verify_artifact"]
 
 THRESHOLDS: dict[str, float] = {"fp32": 0.999, "fp16": 0.999, "int8": 0.99, "int8_dynamic": 0.99}
 """Minimum row-wise cosine with torch, per precision."""
@@ -33,13 +36,6 @@ MAX_MAP_DROP = 1.0
 """Maximum retrieval mAP drop against torch, in points (mAP in percent)."""
 CHUNK = 32
 MACOS_REASON = "skipped: needs macOS"
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of two ``(N, D)`` arrays -> ``(N,)`` float64."""
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    norms = np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1)
-    return (a64 * b64).sum(1) / np.maximum(norms, 1e-12)
 
 
 def torch_outputs(model: Any, images: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
