@@ -25,11 +25,12 @@ the ``val`` split with the ``local_feature`` and ``val_global_feature`` cache en
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from asymfuse.cloud.ames.model import ACTIVATIONS
 from asymfuse.cloud.train.schedule import SCHEDULES
+from asymfuse.cloud.train.config_checks import build_config, check_choice, check_positive_int, checked_keys
 from asymfuse.edge.errors import ConfigError
 
 DATA_SOURCES = ("benchmark", "gldv2", "folder")
@@ -93,15 +94,15 @@ class AMESTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _choice("data_source", self.data_source, DATA_SOURCES)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("select_metric", self.select_metric, SELECT_METRICS)
+        check_choice("data_source", self.data_source, DATA_SOURCES)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("select_metric", self.select_metric, SELECT_METRICS)
         object.__setattr__(self, "universal", tuple(self.universal))
         for name in ("model_dim", "heads", "layers", "ffn_dim", "lq", "lx", "teacher_lq", "teacher_lx",
                      "hard_negatives_k", "epochs", "batch_size", "top_m", "val_every", "log_every"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("warmup_steps", "workers", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -186,13 +187,7 @@ def config_from_dict(data: dict[str, Any]) -> AMESTrainConfig:
     Raises:
         ConfigError: an unknown key (the message lists the valid ones) or an invalid value.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"an AMES training config must be a mapping of keys to values, got {type(data).__name__}")
-    known = {f.name for f in fields(AMESTrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown AMES training config keys {unknown}; valid keys: {sorted(known)}")
-    values = dict(data)
+    values = checked_keys(data, AMESTrainConfig, what="AMES training config", article="an")
     if "universal" in values:
         u = values["universal"]
         if u is None or u is False:
@@ -201,17 +196,4 @@ def config_from_dict(data: dict[str, Any]) -> AMESTrainConfig:
             values["universal"] = tuple(u)
         else:
             raise ConfigError(f"universal must be a list [lo, hi] or empty, got {u!r}")
-    try:
-        return replace(AMESTrainConfig(), **values)
-    except TypeError as exc:
-        raise ConfigError(f"bad AMES training config value ({exc})") from exc
-
-
-def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{name}={value!r} is not supported; choose one of {list(options)}")
-
-
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return build_config(AMESTrainConfig, values, what="AMES training config")

@@ -15,16 +15,18 @@ Rows are :class:`BenchRow` records made by :mod:`asymfuse.cloud.bench.aff_bench`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asymfuse.cloud.bench.report_common import HistoryRow, check_status, claim_verdict, claims_table, freeze_history
+from asymfuse.cloud.bench.report_common import markdown_head, parse_rows, pyplot, report_head, report_paths, save_png
+from asymfuse.cloud.bench.report_common import load_report as load_report
 from asymfuse.cloud.eval.report import markdown_table, write_json
-from asymfuse.edge.errors import ConfigError, CorruptDataError, missing_dependency
-from asymfuse.edge.fileio import atomic_path, atomic_write_text
+from asymfuse.edge.errors import ConfigError
+from asymfuse.edge.fileio import atomic_write_text
 
 BLOCKS = ("symmetric", "robustness", "asymmetric", "query archs")
 MODES = ("asymmetric", "symmetric", "gallery")
@@ -38,7 +40,7 @@ SINGLE_BASELINES = ("bct", "reg", "lce", "csd")
 
 
 @dataclass(frozen=True)
-class BenchRow:
+class BenchRow(HistoryRow):
     """One line of the bench table.
 
     Attributes:
@@ -73,18 +75,8 @@ class BenchRow:
             raise ConfigError(f"BenchRow block {self.block!r} is unknown; choose one of {list(BLOCKS)}")
         if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"BenchRow mode {self.mode!r} is unknown; choose one of {list(MODES)} or None")
-        if self.status != "ok" and not self.status.startswith("failed"):
-            raise ConfigError(f"BenchRow status must be 'ok' or 'failed: <reason>', got {self.status!r}")
-        object.__setattr__(self, "history", tuple(dict(h) for h in self.history))
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["history"] = [dict(h) for h in self.history]
-        return d
+        check_status("BenchRow", self.status)
+        freeze_history(self)
 
     def table_cells(self) -> dict[str, Any]:
         """The values of :data:`COLUMNS`; a failed row shows its status in the notes."""
@@ -99,11 +91,7 @@ def rows_from_json(data: Mapping[str, Any]) -> list[BenchRow]:
     Raises:
         CorruptDataError: the dict is not a bench report.
     """
-    known = {f.name for f in fields(BenchRow)}
-    try:
-        return [BenchRow(**{k: v for k, v in r.items() if k in known}) for r in data["rows"]]
-    except (KeyError, TypeError, ConfigError) as exc:
-        raise CorruptDataError(f"not an asymfuse bench report ({exc}); re-run `asymfuse bench aff`") from exc
+    return parse_rows(data, BenchRow, report="bench report", bench="aff")
 
 
 def _find(rows: Sequence[BenchRow], block: str, row: str) -> BenchRow | None:
@@ -141,13 +129,7 @@ def check_claims(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
     for claim, paper, a, b in pairs:
         ours = None if a is None or b is None else (round(float(a.mAP_medium), 2), round(float(b.mAP_medium), 2))
         label = None if b is None else f"{a.row if a else '?'} vs {b.row}"
-        held = None if ours is None else bool(ours[0] > ours[1])
-        if ours is None:
-            verdict = "n/a"
-        elif abs(ours[0] - ours[1]) < NOISE_MARGIN:
-            verdict = f"within noise (|Δ| < {NOISE_MARGIN:g})"
-        else:
-            verdict = "held" if held else "did not hold"
+        held, verdict = claim_verdict(ours, margin=NOISE_MARGIN, noise=f"within noise (|Δ| < {NOISE_MARGIN:g})")
         out.append({"claim": claim, "paper": paper, "ours": ours, "rows": label, "held": held, "verdict": verdict})
     return out
 
@@ -155,24 +137,15 @@ def check_claims(rows: Sequence[BenchRow]) -> list[dict[str, Any]]:
 def report_dict(rows: Sequence[BenchRow], *, title: str, runtime_s: float,
                 info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON form of the report: ``title``, ``runtime_s``, ``info``, ``rows``, ``claims``."""
-    return {"title": title, "runtime_s": round(float(runtime_s), 1), "info": dict(info or {}),
-            "rows": [r.to_dict() for r in rows], "claims": check_claims(rows)}
+    return {**report_head(rows, title=title, runtime_s=runtime_s, info=info), "claims": check_claims(rows)}
 
 
 def render_markdown(rows: Sequence[BenchRow], *, title: str, runtime_s: float,
                     info: Mapping[str, Any] | None = None) -> str:
     """The Markdown report: the table, the claims and the runtime."""
-    info = dict(info or {})
-    lines = [f"# {title}", ""]
-    if info.get("description"):
-        lines += [str(info["description"]), ""]
+    lines = markdown_head(title, dict(info or {}))
     lines += [markdown_table([r.table_cells() for r in rows], COLUMNS), ""]
-    claims = check_claims(rows)
-    claim_rows = [{"claim": c["claim"], "paper (mAP M)": c["paper"],
-                   "ours (mAP M)": "" if c["ours"] is None else f"{c['ours'][0]:.2f} vs {c['ours'][1]:.2f}",
-                   "rows": c["rows"] or "", "verdict": c["verdict"]} for c in claims]
-    lines += ["## AFF claims in miniature", "",
-              markdown_table(claim_rows, ("claim", "paper (mAP M)", "ours (mAP M)", "rows", "verdict")), ""]
+    lines += ["## AFF claims in miniature", "", claims_table(check_claims(rows)), ""]
     failed = sum(not r.ok for r in rows)
     lines += [f"Runtime: {float(runtime_s):.1f} s for {len(rows)} rows ({failed} failed).", ""]
     lines += [f"Figures: `{FILES['curves']}` (training curves), `{FILES['gflops']}` (mAP vs query GFLOPs).", ""]
@@ -190,9 +163,7 @@ def write_report(rows: Sequence[BenchRow], *, out_dir: str | os.PathLike[str], t
         MissingDependencyError: matplotlib is not installed.
         ConfigError: ``out_dir`` cannot be written.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {key: out / name for key, name in FILES.items()}
+    paths = report_paths(out_dir, FILES)
     atomic_write_text(paths["markdown"], render_markdown(rows, title=title, runtime_s=runtime_s, info=info))
     write_json(paths["json"], report_dict(rows, title=title, runtime_s=runtime_s, info=info))
     plot_curves(rows, paths["curves"])
@@ -200,39 +171,7 @@ def write_report(rows: Sequence[BenchRow], *, out_dir: str | os.PathLike[str], t
     return paths
 
 
-def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``report.json``.
-
-    Raises:
-        CorruptDataError: the file is missing or not JSON.
-    """
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CorruptDataError(f"cannot read bench report {os.fspath(path)!r} ({exc}); re-run the bench") from exc
-
-
 # ---- figures --------------------------------------------------------------------------------
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise missing_dependency("matplotlib", "cloud") from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> None:
-    plt = _pyplot()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-
 
 def _val_key(history: Sequence[Mapping[str, Any]]) -> str | None:
     """The val metric to plot: asymmetric mAP Medium if the run has a query net, else symmetric."""
@@ -245,8 +184,7 @@ def _val_key(history: Sequence[Mapping[str, Any]]) -> str | None:
 
 def plot_curves(rows: Sequence[BenchRow], path: str | os.PathLike[str]) -> Path:
     """Training loss and val mAP per epoch of every row with a history (a note when there is none)."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_map) = pyplot().subplots(1, 2, figsize=(12, 4.5))
     trained = [r for r in rows if r.history]
     for r in trained:
         label = f"{r.block}: {r.row}"
@@ -262,14 +200,12 @@ def plot_curves(rows: Sequence[BenchRow], path: str | os.PathLike[str]) -> Path:
         ax_map.legend(fontsize=6, loc="best")
     else:
         ax_loss.text(0.5, 0.5, "no trained rows", ha="center", va="center", transform=ax_loss.transAxes)
-    _save(fig, Path(path))
-    return Path(path)
+    return save_png(fig, path)
 
 
 def plot_map_vs_gflops(rows: Sequence[BenchRow], path: str | os.PathLike[str]) -> Path:
     """Test mAP Medium vs GFLOPs per query net (asymmetric and symmetric) and gallery model."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = pyplot().subplots(figsize=(7, 5))
     style = {"asymmetric": ("o", "query net → fused gallery (asymmetric)"),
              "symmetric": ("s", "query net on both sides (symmetric)"),
              "gallery": ("^", "gallery model on both sides (symmetric)")}
@@ -292,5 +228,4 @@ def plot_map_vs_gflops(rows: Sequence[BenchRow], path: str | os.PathLike[str]) -
         ax.legend(fontsize=8, loc="best")
     else:
         ax.text(0.5, 0.5, "no rows with GFLOPs", ha="center", va="center", transform=ax.transAxes)
-    _save(fig, Path(path))
-    return Path(path)
+    return save_png(fig, path)

@@ -19,18 +19,21 @@ tests share one definition.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from asymfuse.cloud.bench.report_common import HistoryRow, check_status, claim_verdict, claims_table, freeze_history
+from asymfuse.cloud.bench.report_common import markdown_head, parse_rows, pyplot, report_head, report_paths, save_png
+from asymfuse.cloud.bench.report_common import timing_lines
+from asymfuse.cloud.bench.report_common import load_report as load_report
 from asymfuse.cloud.eval.report import markdown_table, write_json
-from asymfuse.edge.errors import ConfigError, CorruptDataError, missing_dependency
-from asymfuse.edge.fileio import atomic_path, atomic_write_text
+from asymfuse.edge.errors import ConfigError
+from asymfuse.edge.fileio import atomic_write_text
 
 BLOCKS = ("quality", "memory", "asymmetry", "latency")
 FILES = {"markdown": "report.md", "json": "report.json", "plot": "map_vs_bytes.png"}
@@ -90,7 +93,7 @@ def mean_image_bytes(*, global_bytes: int, counts: Sequence[int] | np.ndarray, l
 
 
 @dataclass(frozen=True)
-class AMESRow:
+class AMESRow(HistoryRow):
     """One line of a bench table.
 
     Attributes:
@@ -130,20 +133,10 @@ class AMESRow:
     def __post_init__(self) -> None:
         if self.block not in BLOCKS:
             raise ConfigError(f"AMESRow block {self.block!r} is unknown; choose one of {list(BLOCKS)}")
-        if self.status != "ok" and not self.status.startswith("failed"):
-            raise ConfigError(f"AMESRow status must be 'ok' or 'failed: <reason>', got {self.status!r}")
+        check_status("AMESRow", self.status)
         if self.threads is not None and (isinstance(self.threads, bool) or self.threads < 1):
             raise ConfigError(f"AMESRow threads must be a positive int or None, got {self.threads!r}")
-        object.__setattr__(self, "history", tuple(dict(h) for h in self.history))
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["history"] = [dict(h) for h in self.history]
-        return d
+        freeze_history(self)
 
 
 def rows_from_json(data: Mapping[str, Any]) -> list[AMESRow]:
@@ -152,23 +145,7 @@ def rows_from_json(data: Mapping[str, Any]) -> list[AMESRow]:
     Raises:
         CorruptDataError: the dict is not an AMES bench report.
     """
-    known = {f.name for f in fields(AMESRow)}
-    try:
-        return [AMESRow(**{k: v for k, v in r.items() if k in known}) for r in data["rows"]]
-    except (KeyError, TypeError, ConfigError) as exc:
-        raise CorruptDataError(f"not an asymfuse AMES bench report ({exc}); re-run `asymfuse bench ames`") from exc
-
-
-def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``report.json``.
-
-    Raises:
-        CorruptDataError: the file is missing or not JSON.
-    """
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CorruptDataError(f"cannot read bench report {os.fspath(path)!r} ({exc}); re-run the bench") from exc
+    return parse_rows(data, AMESRow, report="AMES bench report", bench="ames")
 
 
 # ---- derived values ---------------------------------------------------------------------------
@@ -224,13 +201,7 @@ def table_cells(r: AMESRow, rows: Sequence[AMESRow]) -> dict[str, Any]:
 
 def _claim(claim: str, paper: str, a: AMESRow | None, b: AMESRow | None, names: tuple[str, str]) -> dict[str, Any]:
     ours = None if not (_good(a) and _good(b)) else (round(float(a.mAP_medium), 2), round(float(b.mAP_medium), 2))
-    held = None if ours is None else bool(ours[0] > ours[1])
-    if ours is None:
-        verdict = "n/a"
-    elif abs(ours[0] - ours[1]) < NOISE_MARGIN:
-        verdict = f"within noise (gap < {NOISE_MARGIN:g} point)"
-    else:
-        verdict = "held" if held else "did not hold"
+    held, verdict = claim_verdict(ours, margin=NOISE_MARGIN, noise=f"within noise (gap < {NOISE_MARGIN:g} point)")
     return {"claim": claim, "paper": paper, "ours": ours, "rows": f"{names[0]} vs {names[1]}", "held": held,
             "verdict": verdict}
 
@@ -280,34 +251,26 @@ def check_claims(rows: Sequence[AMESRow]) -> list[dict[str, Any]]:
 def report_dict(rows: Sequence[AMESRow], *, title: str, runtime_s: float,
                 info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON form: ``title``, ``runtime_s``, ``info``, ``rows``, ``speedups``, ``claims``."""
-    return {"title": title, "runtime_s": round(float(runtime_s), 1), "info": dict(info or {}),
-            "rows": [r.to_dict() for r in rows], "speedups": {str(k): round(v, 2) for k, v in speedups(rows).items()},
-            "claims": check_claims(rows)}
+    return {**report_head(rows, title=title, runtime_s=runtime_s, info=info),
+            "speedups": {str(k): round(v, 2) for k, v in speedups(rows).items()}, "claims": check_claims(rows)}
 
 
 def render_markdown(rows: Sequence[AMESRow], *, title: str, runtime_s: float,
                     info: Mapping[str, Any] | None = None) -> str:
     """The Markdown report: one table per block that has rows, the claims, the runtimes."""
     info = dict(info or {})
-    lines = [f"# {title}", ""]
-    if info.get("description"):
-        lines += [str(info["description"]), ""]
+    lines = markdown_head(title, info)
     for block in BLOCKS:
         sel = [r for r in rows if r.block == block]
         if sel:
             lines += [f"## {TITLES[block]}", "", markdown_table([table_cells(r, rows) for r in sel], COLUMNS[block]),
                       ""]
-    claims = [{"claim": c["claim"], "paper (mAP M)": c["paper"],
-               "ours (mAP M)": "" if c["ours"] is None else f"{c['ours'][0]:.2f} vs {c['ours'][1]:.2f}",
-               "rows": c["rows"], "verdict": c["verdict"]} for c in check_claims(rows)]
+    claims = check_claims(rows)
     if claims:
-        lines += ["## AMES claims in miniature", "",
-                  markdown_table(claims, ("claim", "paper (mAP M)", "ours (mAP M)", "rows", "verdict")), ""]
+        lines += ["## AMES claims in miniature", "", claims_table(claims), ""]
     failed = sum(not r.ok for r in rows)
     lines += [f"Runtime: {float(runtime_s):.1f} s for {len(rows)} rows ({failed} failed)."]
-    timing = info.get("timing_s") or {}
-    if timing:
-        lines += ["Timing (s): " + ", ".join(f"{k} {float(v):.1f}" for k, v in timing.items()) + "."]
+    lines += timing_lines(info)
     lines += ["", f"Figure: `{FILES['plot']}` (test mAP vs bytes per gallery image).", ""]
     return "\n".join(lines)
 
@@ -322,9 +285,7 @@ def write_report(rows: Sequence[AMESRow], *, out_dir: str | os.PathLike[str], ti
     Raises:
         MissingDependencyError: matplotlib is not installed.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {key: out / name for key, name in FILES.items()}
+    paths = report_paths(out_dir, FILES)
     atomic_write_text(paths["markdown"], render_markdown(rows, title=title, runtime_s=runtime_s, info=info))
     write_json(paths["json"], report_dict(rows, title=title, runtime_s=runtime_s, info=info))
     plot_map_vs_bytes(rows, paths["plot"])
@@ -333,25 +294,13 @@ def write_report(rows: Sequence[AMESRow], *, out_dir: str | os.PathLike[str], ti
 
 # ---- figure -----------------------------------------------------------------------------------
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise missing_dependency("matplotlib", "cloud") from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_map_vs_bytes(rows: Sequence[AMESRow], path: str | os.PathLike[str]) -> Path:
     """Test mAP (Medium solid, Hard dashed) against bytes per gallery image, log x axis.
 
     The memory block is drawn as a line (PQ code, then + L_x binary descriptors); quality rows
     that know their storage are drawn as separate markers. A note replaces an empty plot.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = pyplot().subplots(figsize=(7.5, 5))
     mem = sorted((r for r in rows if r.block == "memory" and _good(r) and r.bytes_per_image),
                  key=lambda r: r.bytes_per_image or 0.0)
     if mem:
@@ -373,9 +322,4 @@ def plot_map_vs_bytes(rows: Sequence[AMESRow], path: str | os.PathLike[str]) -> 
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: points fill the axes
     else:
         ax.text(0.5, 0.5, "no rows with a byte count", ha="center", va="center", transform=ax.transAxes)
-    try:
-        with atomic_path(Path(path)) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)

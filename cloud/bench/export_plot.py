@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from asymfuse.cloud.bench.export_report import TORCH, ExportRow
-from asymfuse.edge.errors import missing_dependency
-from asymfuse.edge.fileio import atomic_path
+from asymfuse.cloud.bench.report_common import pyplot, save_png
 
 MARKERS = {TORCH: "o", "onnx": "s", "tflite": "^", "coreml": "D"}
 
@@ -23,23 +21,11 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise missing_dependency("matplotlib", "cloud") from exc
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_pareto(rows: Sequence[ExportRow], path: str | os.PathLike[str], *, threads: str = "1") -> Path:
     """p50 ms (``threads``, log x) against test mAP: marker = format, colour = precision, hollow =
     failed the parity gate, black step line = the Pareto front over the pretrained rows that passed
     (and the torch baselines). Random-init rows are drawn faded."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = pyplot().subplots(figsize=(8, 5))
     colors = {"fp32": "C0", "fp16": "C1", "int8": "C2", "int8_dynamic": "C3"}
     drawn: set[tuple[str, str]] = set()
     good = [r for r in rows if r.map is not None and r.p50(threads)]
@@ -71,9 +57,4 @@ def plot_pareto(rows: Sequence[ExportRow], path: str | os.PathLike[str], *, thre
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
         ax.text(0.5, 0.5, "no rows with both latency and mAP", ha="center", va="center", transform=ax.transAxes)
-    try:
-        with atomic_path(Path(path)) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from asymfuse.cloud.bench.report_common import load_report as load_report
+from asymfuse.cloud.bench.report_common import markdown_head, parse_rows, report_head, report_paths, timing_lines
 from asymfuse.cloud.eval.report import markdown_table, write_json
-from asymfuse.edge.errors import ConfigError, CorruptDataError
+from asymfuse.edge.errors import ConfigError
 from asymfuse.edge.fileio import atomic_write_text
 
 FILES = {"markdown": "report.md", "csv": "report.csv", "json": "report.json", "plot": "pareto.png"}
@@ -100,23 +101,7 @@ def rows_from_json(data: Mapping[str, Any]) -> list[ExportRow]:
     Raises:
         CorruptDataError: the dict is not an export bench report.
     """
-    known = {f.name for f in fields(ExportRow)}
-    try:
-        return [ExportRow(**{k: v for k, v in r.items() if k in known}) for r in data["rows"]]
-    except (KeyError, TypeError, ConfigError) as exc:
-        raise CorruptDataError(f"not an asymfuse export bench report ({exc}); re-run `asymfuse bench export`") from exc
-
-
-def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a ``report.json``.
-
-    Raises:
-        CorruptDataError: the file is missing or not JSON.
-    """
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CorruptDataError(f"cannot read bench report {os.fspath(path)!r} ({exc}); re-run the bench") from exc
+    return parse_rows(data, ExportRow, report="export bench report", bench="export")
 
 
 # ---- derived values ---------------------------------------------------------------------------
@@ -198,8 +183,8 @@ def summary(rows: Sequence[ExportRow], threads: Sequence[str]) -> list[str]:
 def report_dict(rows: Sequence[ExportRow], *, title: str, runtime_s: float,
                 info: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON form: ``title``, ``runtime_s``, ``info``, ``rows``, ``summary``."""
-    return {"title": title, "runtime_s": round(float(runtime_s), 1), "info": dict(info or {}),
-            "rows": [r.to_dict() for r in rows], "summary": summary(rows, thread_counts(rows))}
+    return {**report_head(rows, title=title, runtime_s=runtime_s, info=info),
+            "summary": summary(rows, thread_counts(rows))}
 
 
 def render_markdown(rows: Sequence[ExportRow], *, title: str, runtime_s: float,
@@ -207,9 +192,7 @@ def render_markdown(rows: Sequence[ExportRow], *, title: str, runtime_s: float,
     """The Markdown report: description, the table, the speed summary, failures, runtimes."""
     info = dict(info or {})
     threads = thread_counts(rows)
-    lines = [f"# {title}", ""]
-    if info.get("description"):
-        lines += [str(info["description"]), ""]
+    lines = markdown_head(title, info)
     lines += [markdown_table([table_cells(r, rows, threads) for r in rows], columns(threads)), ""]
     said = summary(rows, threads)
     if said:
@@ -221,9 +204,7 @@ def render_markdown(rows: Sequence[ExportRow], *, title: str, runtime_s: float,
     lines += [f"Runtime: {float(runtime_s):.1f} s for {len(rows)} rows "
               f"({sum(r.status == 'export_failed' for r in rows)} export failures, "
               f"{sum(r.status == 'failed' for r in rows)} gate failures)."]
-    timing = info.get("timing_s") or {}
-    if timing:
-        lines += ["Timing (s): " + ", ".join(f"{k} {float(v):.1f}" for k, v in timing.items()) + "."]
+    lines += timing_lines(info)
     lines += ["", f"Figure: `{FILES['plot']}` (p50 ms at 1 thread vs test mAP, one marker per format).", ""]
     return "\n".join(lines)
 
@@ -257,9 +238,7 @@ def write_report(rows: Sequence[ExportRow], *, out_dir: str | os.PathLike[str], 
     Raises:
         MissingDependencyError: matplotlib is not installed.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {key: out / name for key, name in FILES.items()}
+    paths = report_paths(out_dir, FILES)
     atomic_write_text(paths["markdown"], render_markdown(rows, title=title, runtime_s=runtime_s, info=info))
     atomic_write_text(paths["csv"], render_csv(rows))
     write_json(paths["json"], report_dict(rows, title=title, runtime_s=runtime_s, info=info))

@@ -4,30 +4,24 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (aff: the AFF paper's ablations; ames: AMES re-ranking)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    aff = benches.add_parser("aff", help="AFF ablations on the embedded benchmark: table, curves, mAP vs GFLOPs")
-    aff.add_argument("--quick", action="store_true", help="the quick tier (under 10 min on 2 CPU cores)")
-    aff.add_argument("--out", default=None, help="output folder (default runs/bench/aff or runs/bench/aff-quick)")
-    aff.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    aff.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                     help="override a bench key (query_archs, blocks, baselines) or a training key "
-                          "(epochs, dim, input_size, ...); repeatable")
-    aff.add_argument("--progress", action="store_true", help="show extraction and training progress bars")
-    aff.set_defaults(func=run_aff)
-    ames = benches.add_parser("ames", help="AMES re-ranking on the embedded benchmark: quality, memory, asymmetry, "
-                                           "latency tables and mAP vs bytes per image")
-    ames.add_argument("--quick", action="store_true", help="the quick tier (one local feature, fp + binary)")
-    ames.add_argument("--out", default=None, help="output folder (default runs/bench/ames or runs/bench/ames-quick)")
-    ames.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    ames.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                      help="override a bench key (local_features, variants, blocks, epochs, lq, lx, memory_lx, ...) "
-                           "or a training key (batch_size, lr, ...); repeatable")
-    ames.add_argument("--progress", action="store_true", help="show extraction and training progress bars")
-    ames.set_defaults(func=run_ames)
+    _add_trained_bench(benches, "aff", func=run_aff,
+                       summary="AFF ablations on the embedded benchmark: table, curves, mAP vs GFLOPs",
+                       quick="the quick tier (under 10 min on 2 CPU cores)",
+                       keys="override a bench key (query_archs, blocks, baselines) or a training key "
+                            "(epochs, dim, input_size, ...); repeatable")
+    _add_trained_bench(benches, "ames", func=run_ames,
+                       summary="AMES re-ranking on the embedded benchmark: quality, memory, asymmetry, "
+                               "latency tables and mAP vs bytes per image",
+                       quick="the quick tier (one local feature, fp + binary)",
+                       keys="override a bench key (local_features, variants, blocks, epochs, lq, lx, memory_lx, ...) "
+                            "or a training key (batch_size, lr, ...); repeatable")
     export = benches.add_parser("export", help="query nets exported to ONNX / TFLite / Core ML x fp32 / fp16 / int8: "
                                                "parity gate, mAP, batch-1 latency, Pareto plot")
     export.add_argument("--quick", action="store_true", help="the quick tier (EfficientNet-Lite0 at 224 only)")
@@ -41,36 +35,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=run_export)
 
 
+def _add_trained_bench(benches: argparse._SubParsersAction, name: str, *, func: Callable[[argparse.Namespace], int],
+                       summary: str, quick: str, keys: str) -> None:
+    """The ``bench aff`` / ``bench ames`` parser: --quick, --out, --device, --set, --progress."""
+    b = benches.add_parser(name, help=summary)
+    b.add_argument("--quick", action="store_true", help=quick)
+    b.add_argument("--out", default=None, help=f"output folder (default runs/bench/{name} or runs/bench/{name}-quick)")
+    b.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    b.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", help=keys)
+    b.add_argument("--progress", action="store_true", help="show extraction and training progress bars")
+    b.set_defaults(func=func)
+
+
 def run_aff(args: argparse.Namespace) -> int:
     from asymfuse.cloud.bench.aff_bench import AFFBenchConfig, run_aff_bench
-    from asymfuse.cloud.cli.options import parse_options
 
-    tier = "quick" if args.quick else "default"
-    cfg = AFFBenchConfig.preset(tier, device=args.device, progress=args.progress)
-    cfg = cfg.with_overrides(parse_options(args.overrides))
-    out = args.out or ("runs/bench/aff-quick" if args.quick else "runs/bench/aff")
-    result = run_aff_bench(cfg, out_dir=out)
-    print(result["markdown"])
-    failed = sum(not r.ok for r in result["rows"])
-    print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
-    print(f"report: {result['paths']['markdown']}, {result['paths']['json']}, "
-          f"{result['paths']['curves']}, {result['paths']['gflops']}")
-    return 0
+    return _run_trained_bench(args, AFFBenchConfig, run_aff_bench, name="aff", figures=("curves", "gflops"))
 
 
 def run_ames(args: argparse.Namespace) -> int:
     from asymfuse.cloud.bench.ames_bench import AMESBenchConfig, run_ames_bench
+
+    return _run_trained_bench(args, AMESBenchConfig, run_ames_bench, name="ames", figures=("plot",))
+
+
+def _run_trained_bench(args: argparse.Namespace, config_type: Any, run: Callable[..., dict[str, Any]], *,
+                       name: str, figures: tuple[str, ...]) -> int:
+    """``bench aff`` / ``bench ames``: preset tier + ``--set`` overrides, run, print the report and its files."""
     from asymfuse.cloud.cli.options import parse_options
 
     tier = "quick" if args.quick else "default"
-    cfg = AMESBenchConfig.preset(tier, device=args.device, progress=args.progress)
+    cfg = config_type.preset(tier, device=args.device, progress=args.progress)
     cfg = cfg.with_overrides(parse_options(args.overrides))
-    out = args.out or ("runs/bench/ames-quick" if args.quick else "runs/bench/ames")
-    result = run_ames_bench(cfg, out_dir=out)
+    out = args.out or (f"runs/bench/{name}-quick" if args.quick else f"runs/bench/{name}")
+    result = run(cfg, out_dir=out)
     print(result["markdown"])
     failed = sum(not r.ok for r in result["rows"])
     print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
-    print(f"report: {result['paths']['markdown']}, {result['paths']['json']}, {result['paths']['plot']}")
+    print("report: " + ", ".join(str(result["paths"][key]) for key in ("markdown", "json", *figures)))
     return 0
 
 

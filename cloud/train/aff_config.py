@@ -17,9 +17,10 @@ Schemes:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from asymfuse.cloud.train.config_checks import build_config, check_choice, check_positive_int, checked_keys
 from asymfuse.edge.errors import ConfigError
 
 SCHEMES = ("joint", "two_stage", "mixer_only", "bct", "reg", "lce", "csd", "symmetric")
@@ -93,18 +94,18 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _choice("scheme", self.scheme, SCHEMES)
-        _choice("mixer", self.mixer, ("transformer", "mlp", "concat"))
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("bn_mode", self.bn_mode, BN_MODES)
-        _choice("data_source", self.data_source, DATA_SOURCES)
-        _choice("precision", self.precision, ("fp32", "bf16", "fp16"))
-        _choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
+        check_choice("scheme", self.scheme, SCHEMES)
+        check_choice("mixer", self.mixer, ("transformer", "mlp", "concat"))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("bn_mode", self.bn_mode, BN_MODES)
+        check_choice("data_source", self.data_source, DATA_SOURCES)
+        check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
+        check_choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
         object.__setattr__(self, "gallery_features", tuple(self.gallery_features))
         for name in ("dim", "mixer_layers", "mixer_heads", "local_tokens", "input_size", "epochs",
                      "batch_size", "csd_k", "val_every", "log_every", "classifier_epochs"):
-            _positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         for name in ("stage1_epochs", "warmup_steps", "workers", "preload_side", "seed", "patience"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
@@ -163,27 +164,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     Raises:
         ConfigError: an unknown key (the message lists the valid ones) or an invalid value.
     """
-    if not isinstance(data, dict):
-        raise ConfigError(f"a training config must be a mapping of keys to values, got {type(data).__name__}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown training config keys {unknown}; valid keys: {sorted(known)}")
-    values = dict(data)
+    values = checked_keys(data, TrainConfig, what="training config")
     if "gallery_features" in values:
         gf = values["gallery_features"]
         values["gallery_features"] = (gf,) if isinstance(gf, str) else tuple(gf)
-    try:
-        return replace(TrainConfig(), **values)
-    except TypeError as exc:
-        raise ConfigError(f"bad training config value ({exc})") from exc
-
-
-def _choice(name: str, value: object, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{name}={value!r} is not supported; choose one of {list(options)}")
-
-
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return build_config(TrainConfig, values, what="training config")
