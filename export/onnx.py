@@ -18,6 +18,8 @@ Pipeline (all intermediate files in a private temp folder, the final file writte
      leading layers stay float when a self-check on the calibration images falls short;
    - ``int8_dynamic``: ``quantize_dynamic`` (per-channel uint8 weights, ConvInteger/MatMulInteger;
      activation ranges computed at run time; depthwise convs and the head stay float).
+
+   Both int8 paths live in :mod:`asymfuse.export.onnx_int8`.
 4. ModelSpec JSON in ``metadata_props["asymfuse.model_spec"]`` and the ExportSpec JSON in
    ``metadata_props["asymfuse.export"]``; read back with :func:`read_spec`.
 
@@ -27,8 +29,6 @@ torch is imported only by :func:`export_onnx`; :func:`read_spec` needs ``onnx`` 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import tempfile
@@ -40,7 +40,7 @@ import numpy as np
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
 from asymfuse.edge.spec import ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
-from asymfuse.export.quantize import QUANT_KEY, batches, check_calibration, search_float_prefix
+from asymfuse.export.quantize import QUANT_KEY, check_calibration
 from asymfuse.export.spec import ExportSpec, artifact_name
 
 SPEC_KEY = "asymfuse.model_spec"
@@ -50,7 +50,7 @@ OUTPUT_NAME = "embedding"
 OPSET = 18
 
 
-def _import_onnx() -> Any:
+def import_onnx() -> Any:
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -58,7 +58,7 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def _import_ort() -> Any:
+def import_ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:  # pragma: no cover
@@ -99,8 +99,10 @@ def export_onnx(model: Any, *, model_spec: ModelSpec, export: ExportSpec, out: P
     if export.precision == "int8" or (export.precision == "int8_dynamic" and calibration is not None):
         calib = check_calibration(calibration, minimum=export.min_calibration, input_size=size)
         calib = calib[:export.calibration_images]
-    onnx = _import_onnx()
-    _import_ort()
+    onnx = import_onnx()
+    import_ort()
+    from asymfuse.export.onnx_int8 import quantize_dynamic_int8, quantize_static_int8
+
     target = Path(out) / artifact_name(model_spec, export)
     with atomic_artifact(target) as tmp_final, tempfile.TemporaryDirectory(prefix="asymfuse-onnx-") as work:
         work_dir = Path(work)
@@ -108,9 +110,9 @@ def export_onnx(model: Any, *, model_spec: ModelSpec, export: ExportSpec, out: P
         _torch_export(model, raw, size=size, batch=export.batch)
         quant_info: dict[str, Any] = {}
         if export.precision == "int8":
-            final, quant_info = _quantize_static(raw, work_dir, calib)
+            final, quant_info = quantize_static_int8(raw, work_dir, calib)
         elif export.precision == "int8_dynamic":
-            final, quant_info = _quantize_dynamic(raw, work_dir, calib)
+            final, quant_info = quantize_dynamic_int8(raw, work_dir, calib)
         else:
             opt = _ort_optimize(raw, work_dir / "opt.onnx")
             final = _to_fp16(opt, work_dir / "fp16.onnx") if export.precision == "fp16" else opt
@@ -153,7 +155,7 @@ def _torch_export(model: Any, path: Path, *, size: int, batch: str) -> None:
 
 def _ort_optimize(src: Path, dst: Path) -> Path:
     """Offline onnxruntime basic optimisation (portable: standard ONNX ops only)."""
-    ort = _import_ort()
+    ort = import_ort()
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.optimized_model_filepath = str(dst)
@@ -162,7 +164,7 @@ def _ort_optimize(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _head_nodes(model: Any) -> list[str]:
+def head_nodes(model: Any) -> list[str]:
     """Names of the nodes after the last Conv (GeM, whitening, L2 norm): kept in float."""
     nodes = list(model.graph.node)
     last_conv = max((i for i, n in enumerate(nodes) if n.op_type in ("Conv", "ConvInteger", "QLinearConv")),
@@ -170,7 +172,7 @@ def _head_nodes(model: Any) -> list[str]:
     return [n.name for n in nodes[last_conv + 1:] if n.name]
 
 
-def _name_nodes(model: Any) -> None:
+def name_nodes(model: Any) -> None:
     """Give every node a unique name (block and exclude lists work by name)."""
     seen: set[str] = set()
     for i, node in enumerate(model.graph.node):
@@ -181,14 +183,14 @@ def _name_nodes(model: Any) -> None:
 
 def _to_fp16(src: Path, dst: Path) -> Path:
     """fp16 weights and activations with float32 I/O; the head stays float32."""
-    onnx = _import_onnx()
+    onnx = import_onnx()
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
     except ImportError as exc:  # pragma: no cover
         raise missing_dependency("onnxruntime", extra="export") from exc
     proto = onnx.load(str(src))
-    _name_nodes(proto)
-    fp16 = convert_float_to_float16(proto, keep_io_types=True, node_block_list=_head_nodes(proto))
+    name_nodes(proto)
+    fp16 = convert_float_to_float16(proto, keep_io_types=True, node_block_list=head_nodes(proto))
     _toposort(fp16.graph)  # the converter appends the input casts at the end
     onnx.save(fp16, str(dst))
     return dst
@@ -215,133 +217,6 @@ def _toposort(graph: Any) -> None:
         dst.CopyFrom(src)
     del graph.node[:]
     graph.node.extend(copies)
-
-
-def _pre_process(src: Path, dst: Path) -> Path:
-    """onnxruntime ``quant_pre_process`` (shape inference + optimisation before quantisation).
-
-    Symbolic shape inference cannot follow the ``Expand`` of ``F.normalize`` with a dynamic batch;
-    plain ONNX shape inference is enough for these CNNs, so it falls back to that.
-    """
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    try:
-        quant_pre_process(str(src), str(dst))
-    except (TypeError, ValueError, AssertionError, KeyError):
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-    return dst
-
-
-class _Reader:
-    """onnxruntime ``CalibrationDataReader`` over ``(N, 3, S, S)`` images, one image per call."""
-
-    def __init__(self, images: np.ndarray) -> None:
-        self._images = images
-        self._it = iter(batches(images, batch_size=1))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._it, None)
-        return None if batch is None else {INPUT_NAME: batch}
-
-    def rewind(self) -> None:
-        self._it = iter(batches(self._images, batch_size=1))
-
-
-def _quantize_static(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
-    """quant_pre_process + static QDQ int8 (per-channel weights) calibrated on ``calib``.
-
-    Depthwise-separable nets (MobileNet, EfficientNet-Lite) lose most accuracy in their first
-    blocks, where per-tensor activation ranges differ wildly between channels. After quantising
-    everything, the result is checked against the float model on the calibration images; while the
-    worst cosine is below :data:`INT8_SELF_CHECK`, more leading Conv layers (:data:`FLOAT_PREFIX_STEPS`)
-    are kept in float. The choice is recorded, never silent.
-
-    Returns:
-        The quantised file and what was done: ``{"float_convs": k, "n_convs": n,
-        "calibration_cosine_min": c, "calibration_images": N, ...}``.
-    """
-    onnx = _import_onnx()
-    ort = _import_ort()
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static
-
-    if calib is None:  # pragma: no cover - checked by the caller
-        raise ConfigError("static int8 needs calibration images")
-    pre = _pre_process(raw, work / "pre.onnx")
-    proto = onnx.load(str(pre))
-    _name_nodes(proto)
-    onnx.save(proto, str(pre))
-    nodes = list(proto.graph.node)
-    head = _head_nodes(proto)
-    conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-    reference = _run_file(ort, pre, calib)
-    cache = work / "calibration.json"
-
-    def attempt(k: int) -> tuple[Path, np.ndarray, int]:
-        prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
-        dst = work / f"int8-{k}.onnx"
-        reader = type("AsymfuseReader", (_Reader, CalibrationDataReader), {})(calib)
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress
-            quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=head + prefix, calibrate_method=CalibrationMethod.MinMax,
-                            calibration_cache_path=str(cache),
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        return dst, _run_file(ort, dst, calib), len(conv_at)
-
-    dst, k, cos, _ = search_float_prefix(attempt, reference)
-    info = {"float_convs": k, "n_convs": len(conv_at), "calibration_cosine_min": round(cos, 6),
-            "calibration_images": len(calib), "calibration_method": "minmax", "activations": "uint8 per-tensor",
-            "weights": "int8 per-channel"}
-    return dst, info
-
-
-def _run_file(ort: Any, path: Path, x: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: b})[0] for b in batches(x, batch_size=16)])
-
-
-def _quantize_dynamic(raw: Path, work: Path, calib: np.ndarray | None) -> tuple[Path, dict[str, Any]]:
-    """Dynamic-range int8: per-channel uint8 weights (ConvInteger on the CPU needs uint8), activation
-    ranges computed per run. Depthwise convs and the head stay float (per-tensor dynamic activations
-    wreck them). When ``calib`` is given, leading convs are kept in float as for static int8 until the
-    self-check on those images passes; without images no check is possible and none is claimed.
-    """
-    onnx = _import_onnx()
-    ort = _import_ort()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    pre = _pre_process(raw, work / "pre.onnx")
-    proto = onnx.load(str(pre))
-    _name_nodes(proto)
-    onnx.save(proto, str(pre))
-    nodes = list(proto.graph.node)
-    depthwise = [n.name for n in nodes if n.op_type == "Conv"
-                 and any(a.name == "group" and a.i > 1 for a in n.attribute)]
-    keep = _head_nodes(proto) + depthwise
-    conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
-
-    def quantize(k: int) -> Path:
-        prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
-        dst = work / f"int8_dynamic-{k}.onnx"
-        quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QUInt8,
-                         nodes_to_exclude=keep + prefix)
-        return dst
-
-    info: dict[str, Any] = {"n_convs": len(conv_at), "float_depthwise": len(depthwise),
-                            "weights": "uint8 per-channel", "activations": "dynamic uint8"}
-    if calib is None:  # nothing to check against: all convs but the depthwise ones and the head quantised
-        return quantize(0), {"float_convs": 0, **info}
-
-    def attempt(k: int) -> tuple[Path, np.ndarray, int]:
-        dst = quantize(k)
-        return dst, _run_file(ort, dst, calib), len(conv_at)
-
-    dst, k, cos, _ = search_float_prefix(attempt, _run_file(ort, pre, calib))
-    return dst, {"float_convs": k, **info, "calibration_cosine_min": round(cos, 6), "calibration_images": len(calib)}
 
 
 def _set_metadata(proto: Any, model_spec: ModelSpec, export: ExportSpec, quant_info: dict[str, Any]) -> None:
@@ -381,7 +256,7 @@ def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """All ``metadata_props`` of an ONNX file (weights are not loaded)."""
-    onnx = _import_onnx()
+    onnx = import_onnx()
     p = Path(path)
     if not p.is_file():
         raise CorruptDataError(f"ONNX file {p} does not exist; check the path")
@@ -407,7 +282,7 @@ class OnnxRunner:
     """
 
     def __init__(self, path: str | os.PathLike[str], num_threads: int | None = None) -> None:
-        ort = _import_ort()
+        ort = import_ort()
         self.path = Path(path)
         if not self.path.is_file():
             raise CorruptDataError(f"ONNX file {self.path} does not exist; check the path")

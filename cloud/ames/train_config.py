@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from asymfuse.cloud.ames.model import ACTIVATIONS
+from asymfuse.cloud.ames.model import ACTIVATIONS, AMESConfig
 from asymfuse.cloud.train.schedule import SCHEDULES
 from asymfuse.cloud.train.config_checks import build_config, check_choice, check_positive_int, checked_keys
 from asymfuse.edge.errors import ConfigError
@@ -52,13 +52,13 @@ class AMESTrainConfig:
     val: str = "val"                    # benchmark split / cache part for validation ('' = no validation)
     val_root: str = ""                  # a revisitop folder to validate on instead of the benchmark split
     val_global_feature: str = ""        # global feature of the val split ('' = global_feature)
-    # model
-    binary: bool = False
-    model_dim: int = 128
-    heads: int = 2
-    layers: int = 5
-    ffn_dim: int = 1024
-    activation: str = "relu"
+    # model: the architecture defaults are AMESConfig's own, so the two cannot drift
+    binary: bool = AMESConfig.binary
+    model_dim: int = AMESConfig.model_dim
+    heads: int = AMESConfig.heads
+    layers: int = AMESConfig.layers
+    ffn_dim: int = AMESConfig.ffn_dim
+    activation: str = AMESConfig.activation
     # descriptor counts
     lq: int = 64                        # query descriptors per pair (fixed training; validation)
     lx: int = 64                        # gallery descriptors per pair
@@ -114,11 +114,7 @@ class AMESTrainConfig:
             raise ConfigError("local_feature must name a local feature store (e.g. 'local_lite2')")
         if not self.global_feature and not self.global_store:
             raise ConfigError("hard negatives need a global feature: set global_feature or global_store")
-        if self.model_dim % self.heads:
-            raise ConfigError(f"model_dim={self.model_dim} must be divisible by heads={self.heads}")
-        if self.binary and self.model_dim % 8:
-            raise ConfigError(f"binary training packs model_dim bits into bytes; model_dim={self.model_dim} "
-                              "must be a multiple of 8")
+        AMESConfig(local_dim=1, **self.model_kwargs())  # the architecture checks (heads, binary bits)
         self._check_universal()
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ConfigError(f"pos_fraction must lie in [0, 1], got {self.pos_fraction!r}")

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from asymfuse.cloud.ames.checkpoint import DEFAULT_GAMMA, DEFAULT_LAM, load_ames, save_ames
@@ -38,7 +37,6 @@ from asymfuse.cloud.ames.pairs import AMESData, BatchLengths, PairDataset, Train
 from asymfuse.cloud.ames.train_config import RESUME_SAFE_FIELDS, AMESTrainConfig
 from asymfuse.cloud.device import autocast
 from asymfuse.cloud.train.distributed import (
-    DistEnv,
     barrier,
     broadcast_object,
     dist_env_from_environ,
@@ -46,9 +44,9 @@ from asymfuse.cloud.train.distributed import (
     process_group,
     rank_device,
 )
+from asymfuse.cloud.train.epoch_run import EpochRun
 from asymfuse.cloud.train.progress import JsonlLog, progress_bar
 from asymfuse.cloud.train.schedule import create_optimizer, param_groups, phased_schedule
-from asymfuse.cloud.train.state import check_resume_config, load_state, save_state, set_rng_state
 from asymfuse.edge.errors import ConfigError
 
 STATE_FORMAT = "asymfuse.ames_train/1"
@@ -198,13 +196,9 @@ def load_teacher(cfg: AMESTrainConfig, *, local_dim: int, device: torch.device) 
     return teacher
 
 
-class _Run:
-    def __init__(self, cfg: AMESTrainConfig, out: Path, env: DistEnv, device: torch.device) -> None:
-        self.cfg, self.out, self.env, self.device = cfg, out, env, device
-        if cfg.batch_size % env.world_size:
-            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
-                              f"number of processes ({env.world_size})")
-        self.t0 = time.perf_counter()
+class _Run(EpochRun):
+    state_format = STATE_FORMAT
+    resume_safe_fields = RESUME_SAFE_FIELDS
 
     # ----------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -213,59 +207,29 @@ class _Run:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         self.data = prepare_ames_data(cfg, is_main=env.is_main, barrier=lambda: barrier(env))
-        n = len(self.data.locals)
-        if env.world_size > n:
-            raise ConfigError(f"{env.world_size} processes but only {n} training images; use "
-                              f"--nproc_per_node <= {n}")
-        self.local_batch = cfg.batch_size // env.world_size
-        self.steps_per_epoch = (n // env.world_size) // self.local_batch
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images); "
-                              "lower batch_size")
+        self.plan_batches(len(self.data.locals))
         self.teacher = load_teacher(cfg, local_dim=self.data.locals.dim, device=self.device)
         self.model = build_model(cfg, self.data).to(self.device)
         groups = param_groups([(self.model, 1.0)], weight_decay=cfg.weight_decay)
-        self.optimizer = create_optimizer(groups, kind="adamw", lr=cfg.lr)
-        self.scheduler = phased_schedule(self.optimizer, kind=cfg.schedule, warmup=cfg.warmup_steps,
-                                         phase_steps=[cfg.epochs * self.steps_per_epoch])
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        optimizer = create_optimizer(groups, kind="adamw", lr=cfg.lr)
+        self.init_optimisation(optimizer, phased_schedule(optimizer, kind=cfg.schedule, warmup=cfg.warmup_steps,
+                                                          phase_steps=[cfg.epochs * self.steps_per_epoch]))
         self.lengths = BatchLengths(lq=cfg.lq, lx=cfg.lx, universal=cfg.universal, seed=cfg.seed)
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"epoch": -1, "score": -1.0, "lam": DEFAULT_LAM, "gamma": DEFAULT_GAMMA,
-                                     "val": {}}
-        self.start_epoch = 0
+        self.best = {"epoch": -1, "score": -1.0, "lam": DEFAULT_LAM, "gamma": DEFAULT_GAMMA, "val": {}}
 
     def _loader(self) -> tuple[DataLoader, PairDataset, DistributedSampler]:
         ds = PairDataset(self.data.sampler)
-        sampler = DistributedSampler(ds, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True,
-                                     seed=self.cfg.seed, drop_last=True)
-        loader = DataLoader(ds, batch_size=self.local_batch, sampler=sampler, drop_last=True,
-                            num_workers=self.cfg.workers, persistent_workers=False)
+        loader, sampler = self.distributed_loader(ds)
         return loader, ds, sampler
-
-    def _wrap(self) -> torch.nn.Module:
-        if not self.env.distributed:
-            return self.model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids)
 
     # ------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
-        payload = load_state(self.out / "last.pt", fmt=STATE_FORMAT)
-        check_resume_config(payload["config"], self.cfg.to_dict(), safe_fields=RESUME_SAFE_FIELDS)
+        payload = self.load_resume()
         self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.history, self.best, self.start_epoch = payload["history"], payload["best"], payload["epoch"]
-        set_rng_state(payload["rng"])
+        self.restore(payload)
 
     def _state(self, epoch: int) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
-                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "model_config": self.model.cfg.to_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "history": self.history, "best": self.best}
+        return {**self.base_state(epoch, self.model), "model_config": self.model.cfg.to_dict()}
 
     # --------------------------------------------------------------------------------------- loop
     def run(self, *, resume: bool, stop_after_epochs: int | None) -> AMESTrainResult:
@@ -275,7 +239,7 @@ class _Run:
         log = JsonlLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
         if resume:
             log.write({"event": "resume", "epoch": self.start_epoch})
-        model = self._wrap()
+        model = self.ddp(self.model)
         loader, ds, sampler = self._loader()
         done = 0
         for epoch in range(self.start_epoch, self.cfg.epochs):
@@ -303,14 +267,7 @@ class _Run:
                                item["target"].numpy(), lengths=lengths, teacher_lengths=teacher_lengths, device=dev)
             with autocast(dev, cfg.precision):
                 out = ames_loss(model, batch, teacher=self.teacher, beta=cfg.beta)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out["loss"]).backward()
-            if cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            self.optimizer_step(out["loss"], self.model.parameters())
             for key in parts:
                 parts[key].append(float(out[key].detach()))
             step_lengths.append(list(lengths))
@@ -336,26 +293,18 @@ class _Run:
         record.update(result.get("metrics", {}))
         self.history.append(record)
         score = result.get("score")
-        improved = score is not None and score > self.best["score"]
-        if score is None and self.data.val is None:
-            improved = True  # no val split: the last epoch is the best
+        improved = self.improved(score, has_val=self.data.val is not None)
         if improved:
             self.best = {"epoch": epoch + 1, "score": -1.0 if score is None else float(score),
                          "metric": f"val_ames_{cfg.select_metric}", "lam": result.get("lam", DEFAULT_LAM),
                          "gamma": result.get("gamma", DEFAULT_GAMMA), "val": result.get("metrics", {})}
-        if self.env.is_main:
-            state = self._state(epoch + 1)
-            save_state(self.out / "last.pt", state)
-            if improved:
-                save_state(self.out / "best.pt", state)
-            log.write({k: v for k, v in record.items() if k not in ("step_losses", "step_lengths")})
+        self.save_epoch(lambda: self._state(epoch + 1), improved=improved, record=record, log=log,
+                        skip=("step_losses", "step_lengths"))
 
     # ------------------------------------------------------------------------------------- finish
     def _finish(self, log: JsonlLog) -> AMESTrainResult:
         cfg, best = self.cfg, self.best
-        best_path = self.out / "best.pt"
-        if best_path.is_file():
-            self.model.load_state_dict(load_state(best_path, fmt=STATE_FORMAT)["model"])
+        self.load_best(self.model)
         model = self.model.to("cpu").eval()
         path = self.out / "ames.pt"
         if self.env.is_main:

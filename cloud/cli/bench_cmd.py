@@ -9,7 +9,8 @@ from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks (aff: the AFF paper's ablations; ames: AMES re-ranking)")
+    p = sub.add_parser("bench", help="benchmarks (aff: the AFF paper's ablations; ames: AMES re-ranking; "
+                                     "export: query nets x formats x precisions)")
     benches = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
     _add_trained_bench(benches, "aff", func=run_aff,
                        summary="AFF ablations on the embedded benchmark: table, curves, mAP vs GFLOPs",

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from asymfuse.export.artifact import check_writable, write_manifest
     from asymfuse.export.quantize import check_calibration
     from asymfuse.export.registry import EXPORTERS
-    from asymfuse.export.spec import DYNAMIC_BATCH_FORMATS, ExportSpec, check_combination
+    from asymfuse.export.spec import DYNAMIC_BATCH_FORMATS, ExportSpec, check_combination, uses_calibration
     from asymfuse.export.verify import verify_artifact
 
     quiet_toolchain_logs(getattr(args, "verbose", False))
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable(Path(args.out))
     bench = ensure_benchmark(args.bench_root)
     calib = None
-    if any(p == "int8" and f != "coreml" for f in formats for p in precisions):  # static int8 calibrates
+    if any(uses_calibration(f, p) for f in formats for p in precisions):  # int8 calibrates / self-checks
         calib = (calibration_images(bench, net.spec, count=count) if count is not None
                  else folder_images(calib_arg, net.spec))
         calib = check_calibration(calib, minimum=ExportSpec.min_calibration, input_size=size)
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout is the table's
                 artifact = EXPORTERS[spec.format](net, model_spec=net.spec, export=spec, out=out,
-                                                  calibration=calib if spec.needs_calibration else None)
+                                                  calibration=calib if spec.uses_calibration else None)
         except AsymfuseError:
             raise  # bad input or a missing toolchain: the message names the fix
         except Exception as exc:  # a conversion crash: recorded, the other formats still run

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "asymfuse.cloud.cli.bench_cmd",
     "asymfuse.cloud.cli.flops_cmd",
     "asymfuse.cloud.cli.export_cmd",
+    "asymfuse.cloud.cli.verify_cmd",
 )
 
 

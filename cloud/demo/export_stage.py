@@ -62,7 +62,7 @@ def run_export_stage(*, query_net: Path, bench: Benchmark, test: RetrievalDatase
     spec = net.spec
     images = query_images(test, spec)
     torch_metrics = retrieval_metrics(test, torch_outputs(net, images), gallery)
-    calib = calibration_images(bench, spec, count=min(calibration, _train_size(bench)))
+    calib = calibration_images(bench, spec, count=calibration, clip=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def map_fn(vectors: np.ndarray) -> float:
@@ -76,7 +76,7 @@ def run_export_stage(*, query_net: Path, bench: Benchmark, test: RetrievalDatase
         try:
             with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout is the report's
                 artifact = EXPORTERS[fmt](net, model_spec=spec, export=export, out=out_dir,
-                                          calibration=calib if export.needs_calibration else None)
+                                          calibration=calib if export.uses_calibration else None)
         except AsymfuseError:
             raise
         except Exception as exc:  # a converter crash is a row (❌), not the end of the demo
@@ -101,8 +101,3 @@ def run_export_stage(*, query_net: Path, bench: Benchmark, test: RetrievalDatase
             "passed": [r["feature"] for r in rows if r.get("status") == "passed"]}
     return rows, info
 
-
-def _train_size(bench: Benchmark) -> int:
-    from asymfuse.cloud.train.aff_data import load_training_set
-
-    return len(load_training_set("benchmark", bench.root))

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from asymfuse.cloud.device import autocast
@@ -34,7 +33,6 @@ from asymfuse.cloud.train.aff_validate import validate
 from asymfuse.cloud.train.artifacts import save_mixer
 from asymfuse.cloud.train.augment import AugmentConfig
 from asymfuse.cloud.train.distributed import (
-    DistEnv,
     barrier,
     broadcast_object,
     dist_env_from_environ,
@@ -42,11 +40,10 @@ from asymfuse.cloud.train.distributed import (
     process_group,
     rank_device,
 )
+from asymfuse.cloud.train.epoch_run import EpochRun
 from asymfuse.cloud.train.progress import JsonlLog, progress_bar
 from asymfuse.cloud.train.schedule import create_optimizer, param_groups, phased_schedule
 from asymfuse.cloud.train.space import fused_space_id, single_gallery_space_id
-from asymfuse.cloud.train.state import check_resume_config, load_state, save_state, set_rng_state
-from asymfuse.edge.errors import ConfigError
 
 STATE_FORMAT = "asymfuse.aff_train/1"
 
@@ -108,13 +105,9 @@ def train_aff(config: TrainConfig, *, out_dir: str | Path, resume: bool = False,
         return _Run(config, Path(out_dir), env, device).run(resume=resume, stop_after_epochs=stop_after_epochs)
 
 
-class _Run:
-    def __init__(self, cfg: TrainConfig, out: Path, env: DistEnv, device: torch.device) -> None:
-        self.cfg, self.out, self.env, self.device = cfg, out, env, device
-        if cfg.batch_size % env.world_size:
-            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
-                              f"number of processes ({env.world_size})")
-        self.t0 = time.perf_counter()
+class _Run(EpochRun):
+    state_format = STATE_FORMAT
+    resume_safe_fields = RESUME_SAFE_FIELDS
 
     # ----------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -122,29 +115,18 @@ class _Run:
         if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        n = len(load_training_set(cfg.data_source, cfg.data_root))
-        if env.world_size > n:
-            raise ConfigError(f"{env.world_size} processes but only {n} training images; use "
-                              f"--nproc_per_node <= {n}")
+        self.plan_batches(len(load_training_set(cfg.data_source, cfg.data_root)))  # checks before the slow part
         self.data: AFFData = prepare_data(cfg, is_main=env.is_main, barrier=lambda: barrier(env))
-        self.local_batch = cfg.batch_size // env.world_size
-        self.steps_per_epoch = (n // env.world_size) // self.local_batch
-        if self.steps_per_epoch < 1:
-            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training set ({n} images); "
-                              "lower batch_size")
         self.system = build_system(cfg, self.data, device=self.device)
         s = self.system
         mult = cfg.mixer_lr_mult
         groups = param_groups([(m, k) for m, k in ((s.mixer, mult), (s.head_mix, mult), (s.query_net, 1.0),
                                                     (s.head_q, 1.0)) if m is not None], weight_decay=cfg.weight_decay)
-        self.optimizer = create_optimizer(groups, kind=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
+        optimizer = create_optimizer(groups, kind=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
         self.stages = s.stages()
-        self.scheduler = phased_schedule(self.optimizer, kind=cfg.schedule, warmup=cfg.warmup_steps,
-                                         phase_steps=[e * self.steps_per_epoch for _, e in self.stages])
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.history: list[dict[str, Any]] = []
-        self.best: dict[str, Any] = {"epoch": -1, "score": -1.0}
-        self.start_epoch = 0
+        phases = [e * self.steps_per_epoch for _, e in self.stages]
+        self.init_optimisation(optimizer, phased_schedule(optimizer, kind=cfg.schedule, warmup=cfg.warmup_steps,
+                                                          phase_steps=phases))
         self.bad_checks = 0
 
     def _loader(self, stage: str) -> tuple[DataLoader, Dataset, DistributedSampler]:
@@ -155,11 +137,7 @@ class _Run:
             aug = AugmentConfig(crop_scale_min=cfg.crop_scale_min, color_jitter=cfg.color_jitter)
             ds = AFFImageDataset(training_set=ts, spec=self.system.query_net.spec, augment=aug, seed=cfg.seed,
                                  preload_side=cfg.preload_side)
-        sampler = DistributedSampler(ds, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True,
-                                     seed=cfg.seed, drop_last=True)
-        loader = DataLoader(ds, batch_size=self.local_batch, sampler=sampler, drop_last=True,
-                            num_workers=cfg.workers, pin_memory=cfg.pin_memory and self.device.type == "cuda",
-                            persistent_workers=False)
+        loader, sampler = self.distributed_loader(ds, pin_memory=cfg.pin_memory)
         return loader, ds, sampler
 
     def _stage_of(self, epoch: int) -> str:
@@ -172,31 +150,20 @@ class _Run:
 
     def _wrap(self, stage: str) -> torch.nn.Module:
         self.system.set_stage(stage)
-        if not self.env.distributed:
-            return self.system
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.system, device_ids=ids)
+        return self.ddp(self.system)
 
     # ------------------------------------------------------------------------------------- resume
     def _resume(self) -> None:
-        payload = load_state(self.out / "last.pt", fmt=STATE_FORMAT)
-        check_resume_config(payload["config"], self.cfg.to_dict(), safe_fields=RESUME_SAFE_FIELDS)
+        payload = self.load_resume()
         self.system.set_stage(self._stage_of(max(payload["epoch"] - 1, 0)))
         self.system.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        self.history, self.best = payload["history"], payload["best"]
-        self.start_epoch, self.bad_checks = payload["epoch"], payload.get("bad_checks", 0)
-        set_rng_state(payload["rng"])
+        self.restore(payload)
+        self.bad_checks = payload.get("bad_checks", 0)
 
     def _state(self, epoch: int) -> dict[str, Any]:
-        return {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
-                "model": {k: v.detach().cpu() for k, v in self.system.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "history": self.history, "best": self.best,
-                "bad_checks": self.bad_checks, "schema": None if self.data.table is None else
-                self.data.table.schema.to_dict(), "class_names": list(self.data.training_set.class_names),
+        return {**self.base_state(epoch, self.system), "bad_checks": self.bad_checks,
+                "schema": None if self.data.table is None else self.data.table.schema.to_dict(),
+                "class_names": list(self.data.training_set.class_names),
                 "spec": None if self.system.query_net is None else self.system.query_net.spec.to_json(),
                 "mixer_config": None if self.system.mixer is None else self.system.mixer.config()}
 
@@ -243,14 +210,7 @@ class _Run:
                     images = images.contiguous(memory_format=torch.channels_last)
             with autocast(dev, cfg.precision):
                 out = model(images, gallery, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(out["loss"]).backward()
-            if cfg.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.system.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            self.optimizer_step(out["loss"], self.system.parameters())
             self.system.after_step()
             loss = float(out["loss"].detach())
             losses.append(loss)
@@ -275,26 +235,17 @@ class _Run:
         self.history.append(record)
         key = f"val_{'asym' if self.system.query_net is not None else 'sym'}_{cfg.select_metric}"
         score = metrics.get(key)
-        improved = score is not None and score > self.best["score"]
+        improved = self.improved(score, has_val=self.data.val is not None)
         if score is not None:
             self.bad_checks = 0 if improved else self.bad_checks + 1
-        if score is None and self.data.val is None:
-            improved = True  # no val split: the last epoch is the best
         if improved:
             self.best = {"epoch": epoch + 1, "score": float(score) if score is not None else -1.0, "metric": key}
-        if self.env.is_main:
-            state = self._state(epoch + 1)
-            save_state(self.out / "last.pt", state)
-            if improved:
-                save_state(self.out / "best.pt", state)
-            log.write({k: v for k, v in record.items() if k != "step_losses"})
+        self.save_epoch(lambda: self._state(epoch + 1), improved=improved, record=record, log=log)
         return bool(cfg.patience and self.bad_checks >= cfg.patience)
 
     # ------------------------------------------------------------------------------------- finish
     def _finish(self) -> TrainResult:
-        best_path = self.out / "best.pt"
-        if best_path.is_file():
-            self.system.load_state_dict(load_state(best_path, fmt=STATE_FORMAT)["model"])
+        best_path = self.load_best(self.system)
         s = self.system
         s.eval()
         s.to("cpu")

@@ -63,6 +63,10 @@ def test_names_and_roundtrip():
     assert artifact_name(spec, coreml) == "mobilenet_v2-coreml-fp16-224.mlpackage"
     assert ExportSpec.from_dict(exp.to_dict()) == exp
     assert exp.needs_calibration and not ExportSpec(format="coreml", precision="int8").needs_calibration
+    # ONNX dynamic int8 does not need images but uses them for its float-prefix self-check
+    uses = {(f, p) for f in FORMATS for p in SUPPORTED[f] if ExportSpec(format=f, precision=p).uses_calibration}
+    assert uses == {("onnx", "int8"), ("tflite", "int8"), ("onnx", "int8_dynamic")}
+    assert not ExportSpec(format="onnx", precision="int8_dynamic").needs_calibration
     with pytest.raises(ConfigError, match="unknown ExportSpec keys"):
         ExportSpec.from_dict({"format": "onnx", "bits": 4})
 

@@ -6,9 +6,6 @@ Tiny models (1 layer, 16-d tokens, <= 12 descriptors) keep every run well under 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -220,7 +217,7 @@ torch.save({"model": res.model.state_dict(), "history": res.history, "lam": res.
 """
 
 
-def test_ddp_two_gloo_processes_match_one_process(ames_setup, tmp_path):
+def test_ddp_two_gloo_processes_match_one_process(ames_setup, tmp_path, torchrun):
     """2 ranks x batch 4 == 1 rank x batch 8: same pairs per step, averaged gradients (binary +
     universal, so ITQ, the length draws and the pair draws all have to agree).
 
@@ -229,17 +226,7 @@ def test_ddp_two_gloo_processes_match_one_process(ames_setup, tmp_path):
     """
     cfg = _cfg(ames_setup, epochs=2, batch_size=8, binary=True, universal=[3, 12])
     single = train_ames(cfg, out_dir=tmp_path / "one")
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
-    (tmp_path / "worker.py").write_text(DDP_WORKER)
-    (tmp_path / "two").mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "worker.py"), str(tmp_path / "cfg.json"), str(tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r0 = torch.load(tmp_path / "two" / "final-0.pt", weights_only=False)
-    r1 = torch.load(tmp_path / "two" / "final-1.pt", weights_only=False)
+    r0, r1 = torchrun(DDP_WORKER, cfg.to_dict())
     d = cfg.model_dim
     for k, v in single.model.state_dict().items():
         got = r0["model"][k]

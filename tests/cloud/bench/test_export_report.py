@@ -122,6 +122,11 @@ def test_bench_config_tiers_and_overrides():
     assert len(default.archs) == 4 and default.sizes == (224, 512) and len(default.combos()) == 11
     cfg = quick.with_overrides({"sizes": [64], "formats": "onnx", "runs": 3})
     assert cfg.sizes == (64,) and cfg.formats == ("onnx",) and cfg.combos()[0] == ("onnx", "fp32")
+    # "--set formats=onnx,tflite --set sizes=224,512" arrive as plain strings
+    cfg = quick.with_overrides({"formats": "onnx, tflite", "sizes": "224,512", "precisions": "int8"})
+    assert cfg.formats == ("onnx", "tflite") and cfg.sizes == (224, 512) and cfg.precisions == ("int8",)
+    with pytest.raises(ConfigError, match="positive ints"):
+        quick.with_overrides({"sizes": "224,big"})
     with pytest.raises(ConfigError, match="unknown bench setting"):
         quick.with_overrides({"epochs": 3})
     with pytest.raises(ConfigError):

@@ -106,3 +106,48 @@ def test_unwritable_output_folder_is_refused(setup, tmp_path, capsys):
     blocker.write_text("x")
     assert run_cli(setup, "--format", "onnx", "--out", str(blocker / "out")) == 2
     assert "pass --out to a folder you can write" in capsys.readouterr().err
+
+
+def run_verify(setup, *extra: str) -> int:
+    return main(["verify", "--checkpoint", setup["ckpt"], "--bench-root", setup["bench"], *extra])
+
+
+def test_verify_rechecks_an_export_folder_and_catches_a_changed_file(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(setup, "--format", "onnx,coreml", "--precision", "fp32", "--out", str(out)) == 0
+    capsys.readouterr()
+    assert run_verify(setup, str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "| onnx | fp32 | 64 | 1.0000 |" in printed and "| passed |" in printed
+    assert "skipped: needs macOS" in printed  # Core ML: MIL checked here, no parity number invented
+    # --coreml keeps the Core ML artifact only; a file inside the folder is found in its manifest
+    assert run_verify(setup, "--coreml", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "coreml" in printed and ".onnx" not in printed
+    onnx_file = out / "mobilenet_v2-onnx-fp32-64.onnx"
+    assert run_verify(setup, str(onnx_file)) == 0 and "| passed |" in capsys.readouterr().out
+    # a changed file fails the sha256 check and is left where it is; the manifest is not rewritten
+    manifest = (out / "manifest.json").read_text()
+    with open(onnx_file, "ab") as fh:
+        fh.write(b"\0")
+    assert run_verify(setup, str(onnx_file)) == 1
+    printed = capsys.readouterr().out
+    assert "differs from the manifest" in printed and "the file changed; re-export it" in printed
+    assert onnx_file.exists() and (out / "manifest.json").read_text() == manifest
+
+
+def test_verify_refuses_what_it_cannot_check(setup, tmp_path, capsys):
+    assert run_verify(setup, str(tmp_path / "nowhere")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    stray = tmp_path / "stray.onnx"
+    stray.write_bytes(b"not a model")
+    assert run_verify(setup, str(stray)) == 2
+    assert "manifest.json does not exist" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert run_cli(setup, "--format", "onnx", "--out", str(out)) == 0
+    capsys.readouterr()
+    assert run_verify(setup, "--coreml", str(out)) == 2
+    assert "no Core ML artifacts; drop --coreml" in capsys.readouterr().err
+    (out / "other.onnx").write_bytes(b"x")
+    assert run_verify(setup, str(out / "other.onnx")) == 2
+    assert "does not list other.onnx" in capsys.readouterr().err

@@ -201,30 +201,15 @@ torch.save({"q": res.query_net.state_dict(), "m": res.mixer.state_dict(), "histo
 """
 
 
-def test_ddp_two_gloo_processes_match_one_process(setup, tmp_path):
+def test_ddp_two_gloo_processes_match_one_process(setup, tmp_path, torchrun):
     """2 ranks x batch 4 == 1 rank x batch 8: same samples per step, averaged gradients.
 
     Tolerance 1e-5 (float32 reduction order differs between the all-reduce and one batch).
     BatchNorm is frozen (bn_mode=frozen): per-rank batch statistics would differ by design.
     """
-    import json
-    import os
-    import subprocess
-    import sys
-
     cfg = _cfg(setup, epochs=2, batch_size=8, val_every=2)
     single = train_aff(cfg, out_dir=tmp_path / "one")
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
-    (tmp_path / "worker.py").write_text(DDP_WORKER)
-    (tmp_path / "two").mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(tmp_path / "worker.py"), str(tmp_path / "cfg.json"), str(tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    r0 = torch.load(tmp_path / "two" / "final-0.pt", weights_only=False)
-    r1 = torch.load(tmp_path / "two" / "final-1.pt", weights_only=False)
+    r0, r1 = torchrun(DDP_WORKER, cfg.to_dict())
     for part, ref in (("q", single.query_net.state_dict()), ("m", single.mixer.state_dict())):
         for k, v in ref.items():
             torch.testing.assert_close(r0[part][k], v, rtol=0, atol=1e-5, msg=f"{part}.{k} rank0 vs 1 proc")
