@@ -217,7 +217,8 @@ def _remove(path: Path) -> None:
 def atomic_artifact(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``path`` to write an artifact (a file or a folder) into.
 
-    On a clean exit the temp is renamed onto ``path`` (an existing artifact there is replaced);
+    On a clean exit the temp is renamed onto ``path`` (an existing artifact there is replaced, and
+    so is a stale copy under ``failed/`` from an earlier export of the same name, with its sidecar);
     on any exception, or when nothing was written, the temp is removed and ``path`` is untouched.
     The temp name keeps the artifact's extension (``.tmp-<hex>-name.onnx``) so toolchains that
     check suffixes are happy.
@@ -243,6 +244,9 @@ def atomic_artifact(path: str | os.PathLike[str]) -> Iterator[Path]:
         _remove(tmp)
         raise
     fsync_dir(target.parent)
+    stale = failed_name(target)
+    for old in (stale, stale.with_name(stale.name + ".json")):
+        _remove(old)
 
 
 def failed_name(path: str | os.PathLike[str]) -> Path:

@@ -61,6 +61,22 @@ def test_atomic_artifact_renames_only_on_success(tmp_path):
     assert _leftovers(tmp_path) == ["net.onnx"]
 
 
+def test_a_new_export_supersedes_a_stale_failed_copy(tmp_path):
+    target = tmp_path / "net.tflite"
+    target.write_bytes(b"bad")
+    target.with_name("net.tflite.json").write_text("{}")
+    moved = move_to_failed(target)
+    assert moved == failed_name(target) and moved.with_name("net.tflite.json").exists()
+    with pytest.raises(RuntimeError), atomic_artifact(target) as tmp:  # a crash keeps the old failed copy
+        tmp.write_bytes(b"half")
+        raise RuntimeError("crash")
+    assert moved.read_bytes() == b"bad"
+    with atomic_artifact(target) as tmp:
+        tmp.write_bytes(b"good")
+    assert target.read_bytes() == b"good"
+    assert not moved.exists() and not moved.with_name("net.tflite.json").exists()
+
+
 def test_atomic_artifact_handles_folders_and_empty_output(tmp_path):
     target = tmp_path / "net.mlpackage"
     with pytest.raises(ValueError), atomic_artifact(target) as tmp:

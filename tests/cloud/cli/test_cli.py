@@ -77,3 +77,21 @@ def test_parse_options():
     assert parse_options(["a=1", "b=true", "c=x", "d=[1, 2]"]) == {"a": 1, "b": True, "c": "x", "d": [1, 2]}
     with pytest.raises(ConfigError, match="key=value"):
         parse_options(["novalue"])
+
+
+def test_every_command_is_in_the_readme_command_table():
+    """A new sub-command without a row in the README's command table fails here."""
+    import argparse
+    from pathlib import Path
+
+    from asymfuse.cloud.cli.main import build_parser
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Command line"):]
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, command in sub.choices.items():
+        nested = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        names = [f"{name} {child}" for child in nested[0].choices] if nested else [name]
+        missing = [n for n in names if f"`asymfuse {n}" not in table]
+        assert not missing, f"README command table lacks {missing}"
