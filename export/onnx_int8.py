@@ -19,19 +19,34 @@ from asymfuse.export.onnx import INPUT_NAME, head_nodes, import_onnx, import_ort
 from asymfuse.export.quantize import batches, search_float_prefix
 
 
-def _pre_process(src: Path, dst: Path) -> Path:
-    """onnxruntime ``quant_pre_process`` (shape inference + optimisation before quantisation).
+def _pre_process(src: Path, dst: Path) -> tuple[Path, Any, list[Any], list[int]]:
+    """onnxruntime ``quant_pre_process`` (shape inference + optimisation before quantisation), then
+    every node named (exclude lists work by name) and saved back to ``dst``.
 
     Symbolic shape inference cannot follow the ``Expand`` of ``F.normalize`` with a dynamic batch;
     plain ONNX shape inference is enough for these CNNs, so it falls back to that.
+
+    Returns:
+        ``(dst, proto, nodes, conv_at)``: the file, its ModelProto, its nodes in order and the
+        positions of the Conv nodes among them.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    onnx = import_onnx()
     try:
         quant_pre_process(str(src), str(dst))
     except (TypeError, ValueError, AssertionError, KeyError):
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
-    return dst
+    proto = onnx.load(str(dst))
+    name_nodes(proto)
+    onnx.save(proto, str(dst))
+    nodes = list(proto.graph.node)
+    return dst, proto, nodes, [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+
+
+def _float_prefix(nodes: list[Any], conv_at: list[int], k: int) -> list[str]:
+    """Names of every node up to the ``k``-th Conv (none for ``k == 0``): kept in float."""
+    return [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
 
 
 class _Reader:
@@ -63,25 +78,19 @@ def quantize_static_int8(raw: Path, work: Path, calib: np.ndarray | None) -> tup
         The quantised file and what was done: ``{"float_convs": k, "n_convs": n,
         "calibration_cosine_min": c, "calibration_images": N, ...}``.
     """
-    onnx = import_onnx()
     ort = import_ort()
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static
 
     if calib is None:  # pragma: no cover - checked by the caller
         raise ConfigError("static int8 needs calibration images")
-    pre = _pre_process(raw, work / "pre.onnx")
-    proto = onnx.load(str(pre))
-    name_nodes(proto)
-    onnx.save(proto, str(pre))
-    nodes = list(proto.graph.node)
+    pre, proto, nodes, conv_at = _pre_process(raw, work / "pre.onnx")
     head = head_nodes(proto)
-    conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     reference = run_file(ort, pre, calib)
     cache = work / "calibration.json"
 
     def attempt(k: int) -> tuple[Path, np.ndarray, int]:
-        prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
+        prefix = _float_prefix(nodes, conv_at, k)
         dst = work / f"int8-{k}.onnx"
         reader = type("AsymfuseReader", (_Reader, CalibrationDataReader), {})(calib)
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress
@@ -113,22 +122,16 @@ def quantize_dynamic_int8(raw: Path, work: Path, calib: np.ndarray | None) -> tu
     wreck them). When ``calib`` is given, leading convs are kept in float as for static int8 until the
     self-check on those images passes; without images no check is possible and none is claimed.
     """
-    onnx = import_onnx()
     ort = import_ort()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    pre = _pre_process(raw, work / "pre.onnx")
-    proto = onnx.load(str(pre))
-    name_nodes(proto)
-    onnx.save(proto, str(pre))
-    nodes = list(proto.graph.node)
+    pre, proto, nodes, conv_at = _pre_process(raw, work / "pre.onnx")
     depthwise = [n.name for n in nodes if n.op_type == "Conv"
                  and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     keep = head_nodes(proto) + depthwise
-    conv_at = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
 
     def quantize(k: int) -> Path:
-        prefix = [n.name for n in nodes[:conv_at[k - 1] + 1]] if k > 0 else []
+        prefix = _float_prefix(nodes, conv_at, k)
         dst = work / f"int8_dynamic-{k}.onnx"
         quantize_dynamic(str(pre), str(dst), per_channel=True, weight_type=QuantType.QUInt8,
                          nodes_to_exclude=keep + prefix)
