@@ -27,7 +27,8 @@ RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
 - ``letterbox``: resize the longer side to fit, then pad with the mean colour.
 """
 
-POOLINGS = ("gem", "avg", "max", "cls", "fusion_token", "none")
+POOLINGS = ("gem", "gem_l2", "avg", "max", "cls", "fusion_token", "none")
+"""How a model pools its trunk map; ``gem_l2`` is GeM followed by L2 normalisation (before the head)."""
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

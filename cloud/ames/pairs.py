@@ -42,9 +42,11 @@ from asymfuse.cloud.train.feature_cache import (
     store_path,
     training_ids,
 )
+from asymfuse.cloud.train.start_views import crop_views, views_part
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
 
 _LENGTH_STREAM = 1  # last entry of the seed sequence of the length draws
+VIEW_CROP_SCALE_MIN = 0.35  # area fraction of the smallest crop view (train_views)
 
 
 # ---------------------------------------------------------------- local descriptors
@@ -71,6 +73,19 @@ class TrainingLocals:
                                    "hold NaN/inf; delete its feature store and re-extract it")
         desc[pad] = 0.0
         self.descriptors, self.pad = desc, pad
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[TrainingLocals]) -> TrainingLocals:
+        """The rows of ``parts`` in order (all read with the same length).
+
+        Raises:
+            ShapeError: the parts differ in length or dimension.
+        """
+        if len({p.descriptors.shape[1:] for p in parts}) != 1:
+            raise ShapeError(f"local sets to concatenate differ in shape: {[p.descriptors.shape for p in parts]}")
+        if len(parts) == 1:
+            return parts[0]
+        return cls(np.concatenate([p.descriptors for p in parts]), np.concatenate([p.pad for p in parts]))
 
     @classmethod
     def from_store(cls, root: str | os.PathLike[str], *, ids: Sequence[str], length: int) -> TrainingLocals:
@@ -327,13 +342,22 @@ def prepare_ames_data(cfg: AMESTrainConfig, *, is_main: bool, barrier: Callable[
         for name in ([] if val_ds is None else dict.fromkeys([cfg.local_feature, cfg.val_global])):
             ensure_dataset_features(name, val_ds, features_dir=feats, part=cfg.val, device=cfg.device,
                                     progress=cfg.progress)
+        if cfg.train_views:
+            views = _views(cfg, ts)
+            for name in names:
+                ensure_training_features(name, views, features_dir=feats, device=cfg.device, progress=cfg.progress,
+                                         part=_views_part(cfg))
     barrier()
-    ids = training_ids(ts)
-    local = TrainingLocals.from_store(store_path(feats, cfg.local_feature, TRAIN_PART), ids=ids,
-                                      length=cfg.max_length)
-    groot = Path(cfg.global_store) if cfg.global_store else store_path(feats, cfg.global_feature, TRAIN_PART)
-    knn = global_knn(global_rows(groot, ids=ids), k=cfg.hard_negatives_k)
-    sampler = PairSampler(labels=ts.labels, knn=knn, seed=cfg.seed, pos_fraction=cfg.pos_fraction)
+    sets = [(ts, TRAIN_PART)] + ([(_views(cfg, ts), _views_part(cfg))] if cfg.train_views else [])
+    local = TrainingLocals.concatenate([
+        TrainingLocals.from_store(store_path(feats, cfg.local_feature, part), ids=training_ids(images),
+                                  length=cfg.max_length) for images, part in sets])
+    groots = ([Path(cfg.global_store)] if cfg.global_store
+              else [store_path(feats, cfg.global_feature, part) for _, part in sets])
+    glob = np.concatenate([global_rows(r, ids=training_ids(images)) for r, (images, _) in zip(groots, sets)])
+    knn = global_knn(glob, k=cfg.hard_negatives_k)
+    labels = np.concatenate([images.labels for images, _ in sets])
+    sampler = PairSampler(labels=labels, knn=knn, seed=cfg.seed, pos_fraction=cfg.pos_fraction)
     val = None
     if val_ds is not None:
         def root(name: str, which: str) -> Path:
@@ -346,6 +370,16 @@ def prepare_ames_data(cfg: AMESTrainConfig, *, is_main: bool, barrier: Callable[
                        gallery_locals=TrainingLocals.from_store(root(cfg.local_feature, "gallery"), ids=x_ids,
                                                                 length=cfg.lx))
     return AMESData(training_set=ts, locals=local, sampler=sampler, val=val)
+
+
+def _views_part(cfg: AMESTrainConfig) -> str:
+    return views_part(views=cfg.train_views, seed=cfg.seed, crop_scale_min=VIEW_CROP_SCALE_MIN)
+
+
+def _views(cfg: AMESTrainConfig, ts: TrainingSet) -> TrainingSet:
+    """The crop views that join the training images (written once, by rank 0, before the barrier)."""
+    return crop_views(ts, features_dir=cfg.features_dir, views=cfg.train_views, seed=cfg.seed,
+                      crop_scale_min=VIEW_CROP_SCALE_MIN)
 
 
 def global_rows(root: str | os.PathLike[str], *, ids: Sequence[str]) -> np.ndarray:

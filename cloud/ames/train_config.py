@@ -72,6 +72,7 @@ class AMESTrainConfig:
     # Size of the global kNN the negatives are drawn from. 100 = top_m: AMES learns to separate
     # exactly the shortlist it will re-rank (at 20 the embedded benchmark's runs stayed near chance).
     hard_negatives_k: int = 100
+    train_views: int = 0                # random crops per training image added as training images (0 = none)
     pos_fraction: float = 0.5           # probability that an anchor's partner is a positive
     # optimisation
     epochs: int = 20
@@ -103,7 +104,7 @@ class AMESTrainConfig:
         for name in ("model_dim", "heads", "layers", "ffn_dim", "lq", "lx", "teacher_lq", "teacher_lx",
                      "hard_negatives_k", "epochs", "batch_size", "top_m", "val_every", "log_every"):
             check_positive_int(name, getattr(self, name))
-        for name in ("warmup_steps", "workers", "seed"):
+        for name in ("warmup_steps", "workers", "seed", "train_views"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
@@ -114,6 +115,9 @@ class AMESTrainConfig:
             raise ConfigError("local_feature must name a local feature store (e.g. 'local_lite2')")
         if not self.global_feature and not self.global_store:
             raise ConfigError("hard negatives need a global feature: set global_feature or global_store")
+        if self.train_views and self.global_store:
+            raise ConfigError("train_views needs the crops' global features, which a fixed global_store lacks; "
+                              "set global_feature instead of global_store, or train_views=0")
         AMESConfig(local_dim=1, **self.model_kwargs())  # the architecture checks (heads, binary bits)
         self._check_universal()
         if not 0.0 <= self.pos_fraction <= 1.0:

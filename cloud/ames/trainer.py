@@ -205,8 +205,8 @@ class _Run(EpochRun):
         cfg, env = self.cfg, self.env
         if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
         self.data = prepare_ames_data(cfg, is_main=env.is_main, barrier=lambda: barrier(env))
+        torch.manual_seed(cfg.seed)  # after the data: a cache miss (extraction) must not shift the RNG
         self.plan_batches(len(self.data.locals))
         self.teacher = load_teacher(cfg, local_dim=self.data.locals.dim, device=self.device)
         self.model = build_model(cfg, self.data).to(self.device)

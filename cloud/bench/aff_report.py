@@ -37,6 +37,7 @@ FILES = {"markdown": "report.md", "json": "report.json", "curves": "curves.png",
 ROW_CONCAT, ROW_MLP, ROW_TRANSFORMER = "concat", "mlp", "transformer"
 ROW_JOINT, ROW_JOINT_ALPHA0, ROW_TWO_STAGE = "joint α=0.99", "joint α=0", "two-stage α=0.99"
 SINGLE_BASELINES = ("bct", "reg", "lce", "csd")
+START_SUFFIX = " (start)"  # the row of a run's closed-form start, next to the trained row
 
 
 @dataclass(frozen=True)

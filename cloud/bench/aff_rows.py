@@ -145,6 +145,38 @@ def mixer_symmetric(ctx: BenchContext, run_name: str, *, mixer: str, features: S
     return RowOutcome(metrics, history=clean_history(res.history), notes=f"best epoch {res.best_epoch}")
 
 
+def mixer_symmetric_start(ctx: BenchContext, run_name: str, *, mixer: str, features: Sequence[str]) -> RowOutcome:
+    """The untrained start of the :func:`mixer_symmetric` run (its PCA-whitened anchor) on both ends.
+
+    Raises:
+        ConfigError: the run wrote no start (no val split).
+    """
+    res = train_run(ctx, run_name, scheme="mixer_only", mixer=mixer, gallery_features=tuple(features))
+    start_mixer, _ = _start_of(res)
+    return RowOutcome(_fused_symmetric(ctx, start_mixer.to(ctx.device), features),
+                      notes=f"before training; the trained row kept epoch {res.best_epoch}")
+
+
+def fused_asymmetric_start(ctx: BenchContext, run_name: str, **changes: Any) -> RowOutcome:
+    """The untrained start of a :func:`fused_asymmetric` run: ridge-fitted query head, anchor mixer."""
+    res = train_run(ctx, run_name, **changes)
+    start_mixer, start_query = _start_of(res)
+    q = embed_queries(start_query.to(ctx.device), ctx.test, device=ctx.device)
+    g = fuse_table(start_mixer.to(ctx.device), table_for(ctx, res.config.gallery_features, part="test"),
+                   device=ctx.device)
+    return RowOutcome(evaluate_aff(dataset=ctx.test, query_vectors=q, gallery_vectors=g),
+                      notes=f"before training; the trained row kept epoch {res.best_epoch}")
+
+
+def _start_of(res: Any) -> tuple[torch.nn.Module, Any]:
+    from asymfuse.cloud.train.aff_trainer import start_models
+
+    mixer, query = start_models(res)
+    if mixer is None and query is None:
+        raise ConfigError(f"run {res.out_dir} wrote no start.pt (it had no val split)")
+    return mixer, query
+
+
 def single_gallery_asymmetric(ctx: BenchContext, *, scheme: str, feature: str) -> RowOutcome:
     """A query net trained with a compatible baseline against ONE frozen global gallery feature."""
     res = train_run(ctx, f"asym-{scheme}", scheme=scheme, gallery_features=(feature,))

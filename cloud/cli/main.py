@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -40,14 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_LOGGERS = ("faiss", "onnx_ir", "onnxscript", "torch.onnx", "root.litert_torch")
+"""Third-party loggers that talk at INFO on every call (faiss: each CPU-feature probe; the ONNX
+exporter: each initializer it de-duplicates); shown again with ``-v``."""
+
+
+def quiet_third_party() -> None:
+    """Hide the converters' progress chatter: the loggers above at WARNING, and LiteRT-Torch's
+    console progress (hundreds of "Run Decompositions" / "MLIR Module" lines per TFLite file),
+    which it reads from ``LITERT_TORCH_SHOW_PROGRESS`` (a value the user set is kept)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (2 for user errors, with a one-line reason)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # faiss logs every CPU-feature probe at INFO
-        logging.getLogger("faiss").setLevel(logging.WARNING)
+    if not args.verbose:
+        quiet_third_party()
     try:
         return int(args.func(args) or 0)
     except AsymfuseError as exc:

@@ -3,7 +3,9 @@
 It reuses the demo's feature cache (``<out>/features/<name>/<part>/...``): the test features the
 single-feature rows extracted are read again here, and train/val features are extracted once.
 Rows: the fused gallery on both sides (symmetric), and the Lite0 query net against the fused
-gallery (asymmetric). The run folder ``<out>/aff`` keeps the checkpoints, models and curves.
+gallery (asymmetric); each first for the closed-form start (``[start]``: the mixer's PCA-whitened
+anchor and the ridge-fitted query head, before any gradient step), then for the trained models
+(the best val epoch, which is the start itself when no epoch beat it). The run folder ``<out>/aff`` keeps the checkpoints, models and curves.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.train.aff_config import TrainConfig
 from asymfuse.cloud.train.aff_data import load_gallery_table
 from asymfuse.cloud.train.aff_eval import embed_queries, evaluate_aff, fuse_table
-from asymfuse.cloud.train.aff_trainer import train_aff
+from asymfuse.cloud.train.aff_trainer import start_models, train_aff
 from asymfuse.cloud.train.feature_cache import ensure_dataset_features
 
 
@@ -38,13 +40,20 @@ def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) ->
     tables = {side: load_gallery_table([feats / n / "test" / side for n in cfg.gallery_features],
                                        ids=list(test.gallery_ids if side == "gallery" else test.query_ids),
                                        local_tokens=cfg.local_tokens) for side in ("gallery", "queries")}
-    xb = fuse_table(result.mixer, tables["gallery"])
-    sym = evaluate_aff(dataset=test, query_vectors=fuse_table(result.mixer, tables["queries"]), gallery_vectors=xb)
-    asym = evaluate_aff(dataset=test, query_vectors=embed_queries(result.query_net, test), gallery_vectors=xb)
     fused = "AFF(" + " + ".join(cfg.gallery_features) + ")"
-    rows = [{"feature": f"{fused} → {fused}", "kind": "AFF symmetric", "dim": cfg.dim, **sym},
-            {"feature": f"{cfg.query_arch}@{cfg.input_size} → {fused}", "kind": "AFF asymmetric", "dim": cfg.dim,
-             **asym}]
+    rows = []
+    start_mixer, start_query = start_models(result)
+    for label, mixer, query_net in (("start", start_mixer, start_query), ("", result.mixer, result.query_net)):
+        if mixer is None:
+            continue
+        xb = fuse_table(mixer, tables["gallery"])
+        sym = evaluate_aff(dataset=test, query_vectors=fuse_table(mixer, tables["queries"]), gallery_vectors=xb)
+        asym = evaluate_aff(dataset=test, query_vectors=embed_queries(query_net, test), gallery_vectors=xb)
+        tag = f" [{label}]" if label else ""
+        kind = "AFF start (closed form)" if label else "AFF"
+        rows += [{"feature": f"{fused} → {fused}{tag}", "kind": f"{kind} symmetric", "dim": cfg.dim, **sym},
+                 {"feature": f"{cfg.query_arch}@{cfg.input_size} → {fused}{tag}", "kind": f"{kind} asymmetric",
+                  "dim": cfg.dim, **asym}]
     curve = BenchRow(block="asymmetric", row="joint", setting="demo quick joint",
                      mAP_medium=asym["mAP_medium"], mAP_hard=asym["mAP_hard"], history=tuple(
                          {k: v for k, v in h.items() if k != "step_losses"} for h in result.history))

@@ -60,7 +60,7 @@ def load_query_net(path: str | os.PathLike[str], *, device: str | torch.device =
     """
     spec, state = read_checkpoint_spec(path)
     net = create_query_net(spec.arch, embed_dim=spec.embed_dim, pretrained=False,
-                           input_size=spec.input_size[0], resize=spec.resize,
+                           input_size=spec.input_size[0], resize=spec.resize, pooling=spec.pooling,
                            embedding_space_id=spec.embedding_space_id)
     try:
         net.load_state_dict(state, strict=True)

@@ -13,6 +13,15 @@ Schemes:
 - ``bct`` / ``reg`` / ``lce`` / ``csd``: the query net against ONE frozen gallery feature
   (``gallery_features`` must name exactly one global feature; ``embed_dim`` is its dimension).
 - ``symmetric``: the query net alone with its own ArcFace head (no gallery).
+
+Closed-form starts (asymfuse's small-data recipe; the paper trains from random heads on 1.58M
+images): ``mixer_start="pca"`` makes the transformer mixer start as the PCA-whitened
+concatenation of its inputs and learn a correction on top (see
+:mod:`asymfuse.cloud.models.mixers.transformer`); ``query_start="ridge"`` fits the query net's
+whitening layer in closed form onto the gallery vectors of the training images and their crops
+(:mod:`asymfuse.cloud.train.query_start`). Every scheme with a gallery target gets the same start,
+so the baselines stay comparable. With a val split the start itself is validated as "epoch 0"
+and kept when no trained epoch beats it on val.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ QUERY_SCHEMES = ("joint", "two_stage", "bct", "reg", "lce", "csd", "symmetric")
 DATA_SOURCES = ("benchmark", "gldv2", "folder")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("linear", "cosine", "constant")
+MIXER_STARTS = ("random", "pca")
+QUERY_STARTS = ("random", "ridge")
 BN_MODES = ("train", "frozen")
 
 
@@ -46,7 +57,12 @@ class TrainConfig:
     mixer_mlp_ratio: float = 2.0        # d_e = ratio * d
     gallery_features: tuple[str, ...] = ("gem_lite1", "gem_lite2", "local_lite2")
     local_tokens: int = 64              # top-weighted local descriptors per image the mixer sees
+    mixer_start: str = "pca"            # random (paper) | pca: start as the PCA-whitened concat
+    start_views: int = 2                # crops per training image with gallery features, for the starts
     query_arch: str = "efficientnet_lite0"
+    query_pooling: str = "gem_l2"       # gem (paper) | gem_l2: GeM then L2 before the whitening layer
+    query_start: str = "ridge"          # random (paper) | ridge: whitening fitted onto the gallery targets
+    query_start_ridge: float = 10.0     # ridge: regulariser relative to the mean feature energy
     query_pretrained: bool = True
     input_size: int = 224
     gem_p: float = 3.0
@@ -90,6 +106,7 @@ class TrainConfig:
     val_every: int = 1
     patience: int = 0                   # stop after this many val checks without improvement (0 = never)
     select_metric: str = "mAP_medium"   # the val metric that picks the best checkpoint
+    select_min_delta: float = 0.5       # a val check must beat the best by more than this (points) to replace it
     log_every: int = 10
     progress: bool = True
 
@@ -99,6 +116,9 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("bn_mode", self.bn_mode, BN_MODES)
+        check_choice("mixer_start", self.mixer_start, MIXER_STARTS)
+        check_choice("query_start", self.query_start, QUERY_STARTS)
+        check_choice("query_pooling", self.query_pooling, ("gem", "gem_l2"))
         check_choice("data_source", self.data_source, DATA_SOURCES)
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
@@ -106,7 +126,7 @@ class TrainConfig:
         for name in ("dim", "mixer_layers", "mixer_heads", "local_tokens", "input_size", "epochs",
                      "batch_size", "csd_k", "val_every", "log_every", "classifier_epochs"):
             check_positive_int(name, getattr(self, name))
-        for name in ("stage1_epochs", "warmup_steps", "workers", "preload_side", "seed", "patience"):
+        for name in ("stage1_epochs", "warmup_steps", "workers", "preload_side", "seed", "patience", "start_views"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
         if self.dim % self.mixer_heads:
@@ -115,10 +135,12 @@ class TrainConfig:
             raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}")
         if not 0.0 < self.crop_scale_min <= 1.0 or not 0.0 <= self.color_jitter < 1.0:
             raise ConfigError("crop_scale_min must lie in (0, 1] and color_jitter in [0, 1)")
-        for name in ("lr", "arcface_scale", "csd_t_teacher", "csd_t_student", "mixer_lr_mult", "mixer_mlp_ratio"):
+        for name in ("lr", "query_start_ridge", "arcface_scale", "csd_t_teacher", "csd_t_student", "mixer_lr_mult",
+                     "mixer_mlp_ratio"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("weight_decay", "momentum", "grad_clip", "arcface_margin", "lce_boundary_weight"):
+        for name in ("weight_decay", "momentum", "grad_clip", "arcface_margin", "lce_boundary_weight",
+                     "select_min_delta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.scheme != "symmetric" and not self.gallery_features:

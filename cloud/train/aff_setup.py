@@ -3,6 +3,7 @@ and the models. Feature extraction happens once, on rank 0, into the feature-sto
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from asymfuse.cloud.data.benchmark import dataset_name, open_benchmark
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.data.revisitop import load_revisitop
 from asymfuse.cloud.losses import fit_gallery_classifier
+from asymfuse.cloud.models.fusion import FusionInputs
 from asymfuse.cloud.models.mixers import create_mixer
 from asymfuse.cloud.models.query_net import QueryNet, create_query_net
 from asymfuse.cloud.train.aff_config import SINGLE_GALLERY_SCHEMES, TrainConfig
@@ -23,9 +25,20 @@ from asymfuse.cloud.train.aff_data import (
     load_gallery_table,
     load_training_set,
 )
+from asymfuse.cloud.train.aff_eval import fuse_table
 from asymfuse.cloud.train.aff_model import AFFSystem
-from asymfuse.cloud.train.feature_cache import ensure_dataset_features, ensure_training_features, training_ids
+from asymfuse.cloud.features.registry import FEATURE_EXTRACTORS
+from asymfuse.cloud.train.feature_cache import (
+    ensure_dataset_features,
+    ensure_training_features,
+    is_complete,
+    training_ids,
+)
+from asymfuse.cloud.train.query_start import fit_query_head
+from asymfuse.cloud.train.start_views import crop_views, views_part
 from asymfuse.edge.errors import ConfigError
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,8 @@ class AFFData:
     training_set: TrainingSet
     table: GalleryTable | None
     val: ValData | None
+    start_images: TrainingSet | None = None  # crop views of the training images (closed-form start rows)
+    start_table: GalleryTable | None = None  # their gallery features
 
 
 def load_val_dataset(cfg: TrainConfig) -> RetrievalDataset | None:
@@ -75,6 +90,15 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool, barrier: Callable[[], None]
             if val_ds is not None:
                 ensure_dataset_features(name, val_ds, features_dir=feats, part="val", device=cfg.device,
                                         progress=cfg.progress)
+    want_views = bool(names) and cfg.start_views > 0 and (
+        (cfg.trains_mixer and cfg.mixer_start == "pca") or (cfg.trains_query and cfg.query_start == "ridge"))
+    views = crop_views(ts, features_dir=feats, views=cfg.start_views, seed=cfg.seed,
+                       crop_scale_min=cfg.crop_scale_min) if want_views and is_main else None
+    if views is not None:
+        for name in names:  # a feature that no registered extractor makes (a synthetic store) gets no views
+            if name in FEATURE_EXTRACTORS:
+                ensure_training_features(name, views, features_dir=feats, device=cfg.device, progress=cfg.progress,
+                                         part=_views_part(cfg))
     barrier()
     table = None
     if names:
@@ -89,13 +113,91 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool, barrier: Callable[[], None]
             vq = load_gallery_table([feats / n / "val" / "queries" for n in names], ids=list(val_ds.query_ids),
                                     local_tokens=cfg.local_tokens)
         val = ValData(dataset=val_ds, gallery=vg, queries=vq)
-    return AFFData(training_set=ts, table=table, val=val)
+    start_images, start_table = _start_views_table(cfg, ts, names) if want_views else (None, None)
+    return AFFData(training_set=ts, table=table, val=val, start_images=start_images, start_table=start_table)
+
+
+def _start_views_table(cfg: TrainConfig, ts: TrainingSet,
+                       names: tuple[str, ...]) -> tuple[TrainingSet | None, GalleryTable | None]:
+    """The crop views and their gallery rows, or ``(None, None)`` when a feature has no view store."""
+    views = crop_views(ts, features_dir=cfg.features_dir, views=cfg.start_views, seed=cfg.seed,
+                       crop_scale_min=cfg.crop_scale_min)  # already written by rank 0: reads nothing
+    ids = training_ids(views)
+    roots = [Path(cfg.features_dir) / n / _views_part(cfg) / "gallery" for n in names]
+    missing = [str(r) for r in roots if not is_complete(r, ids)]
+    if missing:
+        LOG.warning("no crop-view features in %s: the closed-form start uses the training images only", missing)
+        return None, None
+    return views, load_gallery_table(roots, ids=ids, local_tokens=cfg.local_tokens)
+
+
+def _views_part(cfg: TrainConfig) -> str:
+    return views_part(views=cfg.start_views, seed=cfg.seed, crop_scale_min=cfg.crop_scale_min)
+
+
+def _start_rows(data: AFFData, mixer: torch.nn.Module | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, d)`` start-space vectors of every start row (training images, then crop views) and their labels:
+    the mixer's output, or (no mixer) the single gallery feature, unit-norm."""
+    def vectors(t: GalleryTable) -> np.ndarray:
+        return fuse_table(mixer, t) if mixer is not None else _unit_rows(t.global_matrix(t.schema.slots[0].name))
+
+    if data.start_table is None:
+        return vectors(data.table), np.asarray(data.training_set.labels)
+    return (np.concatenate([vectors(data.table), vectors(data.start_table)]),
+            np.concatenate([data.training_set.labels, data.start_images.labels]))
+
+
+def start_query_head(cfg: TrainConfig, data: AFFData, *, query_net: QueryNet, mixer: torch.nn.Module | None,
+                     device: torch.device) -> None:
+    """Fit the query net's whitening layer onto the start space (:mod:`asymfuse.cloud.train.query_start`)."""
+    x, _ = _start_rows(data, mixer)
+    n = len(data.training_set)
+    sources = [(data.training_set, x[:n])]
+    if data.start_table is not None:
+        sources.append((data.start_images, x[n:]))
+    fit = fit_query_head(query_net, sources=sources, ridge=cfg.query_start_ridge, preload_side=cfg.preload_side,
+                         device=device)
+    LOG.info("query head: ridge start on %d images, train cosine %.3f", fit.rows, fit.train_cosine)
+
+
+def start_inputs(data: AFFData) -> FusionInputs:
+    """Every row the closed-form starts are fitted on: the training images, then their crop views."""
+    rows = data.table.inputs(np.arange(len(data.table)))
+    if data.start_table is None:
+        return rows
+    extra = data.start_table.inputs(np.arange(len(data.start_table)))
+    return FusionInputs(*(tuple(torch.cat([a, b]) for a, b in zip(x, y))
+                          for x, y in ((rows.globals_, extra.globals_), (rows.locals_, extra.locals_),
+                                       (rows.local_masks, extra.local_masks))))
+
+
+def class_centres(x: np.ndarray, labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """``(C, d)`` float32 unit-norm mean of the rows of ``x`` ``(N, d)`` of each class (a class with
+    no row keeps a zero row, which ArcFace never predicts)."""
+    sums = np.zeros((num_classes, x.shape[1]), dtype=np.float64)
+    np.add.at(sums, np.asarray(labels, dtype=np.int64), np.asarray(x, dtype=np.float64))
+    return torch.from_numpy(_unit_rows(sums).astype(np.float32))
+
+
+def imprint_classifier(system: AFFSystem, centres: torch.Tensor) -> None:
+    """Start psi_mix, and psi_q (its EMA), at the class centres of the mixer's start space, so that
+    the first gradient steps pull towards classes the start space already separates."""
+    with torch.no_grad():
+        system.head_mix.weight.copy_(centres.to(system.head_mix.weight))
+        if system.ema is not None:
+            system.ema.weight.copy_(centres.to(system.ema.weight))
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def mixer_kwargs(cfg: TrainConfig) -> dict:
     """The registry kwargs of ``cfg.mixer``."""
     if cfg.mixer == "transformer":
-        return {"layers": cfg.mixer_layers, "heads": cfg.mixer_heads, "mlp_ratio": cfg.mixer_mlp_ratio}
+        return {"layers": cfg.mixer_layers, "heads": cfg.mixer_heads, "mlp_ratio": cfg.mixer_mlp_ratio,
+                "anchor": cfg.mixer_start == "pca"}
     if cfg.mixer == "mlp":
         return {"hidden": int(cfg.mixer_mlp_ratio * cfg.dim)}
     return {"whiten": True}
@@ -104,7 +206,8 @@ def mixer_kwargs(cfg: TrainConfig) -> dict:
 def build_query_net(cfg: TrainConfig, *, embed_dim: int, device: torch.device) -> QueryNet:
     """The query net of the run, on ``device``."""
     return create_query_net(cfg.query_arch, embed_dim=embed_dim, pretrained=cfg.query_pretrained,
-                            input_size=cfg.input_size, gem_p=cfg.gem_p, seed=cfg.seed, device=device)
+                            input_size=cfg.input_size, gem_p=cfg.gem_p, pooling=cfg.query_pooling, seed=cfg.seed,
+                            device=device)
 
 
 def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AFFSystem:
@@ -117,8 +220,13 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
     mixer = None
     if cfg.trains_mixer:
         mixer = create_mixer(cfg.mixer, schema=table.schema, dim=cfg.dim, seed=cfg.seed, **mixer_kwargs(cfg))
-        if not mixer.trainable:  # concat: PCA-whitening learnt on the training rows
-            mixer.fit(table.inputs(np.arange(len(table))))
+        # the PCA whitening of concat, or of the anchored transformer's start, learnt on the training
+        # rows (plus the crop views' rows when there are any)
+        try:
+            mixer.fit(start_inputs(data))
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; in the training config: lower dim, raise start_views, or set "
+                              "mixer_start=random") from exc
     query_net, gallery_weight, bank = None, None, None
     if cfg.trains_query:
         embed_dim = cfg.dim
@@ -136,9 +244,13 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
                     scale=cfg.arcface_scale, margin=cfg.arcface_margin, seed=cfg.seed, device="cpu")
             if cfg.scheme != "csd":
                 bank = None
-        query_net = build_query_net(cfg, embed_dim=embed_dim, device=torch.device("cpu"))
+        query_net = build_query_net(cfg, embed_dim=embed_dim, device=device)
+        if cfg.query_start == "ridge" and cfg.scheme != "symmetric":
+            start_query_head(cfg, data, query_net=query_net, mixer=mixer, device=device)
     system = AFFSystem(config=cfg, num_classes=ts.num_classes, mixer=mixer, query_net=query_net,
                        gallery_weight=gallery_weight, bank=bank)
+    if system.head_mix is not None and cfg.mixer_start == "pca":
+        imprint_classifier(system, class_centres(*_start_rows(data, mixer), ts.num_classes))
     system.to(device)
     if cfg.channels_last and query_net is not None:
         query_net.to(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,11 @@ from asymfuse.cloud.train.epoch_run import EpochRun
 from asymfuse.cloud.train.progress import JsonlLog, progress_bar
 from asymfuse.cloud.train.schedule import create_optimizer, param_groups, phased_schedule
 from asymfuse.cloud.train.space import fused_space_id, single_gallery_space_id
+from asymfuse.cloud.train.state import load_state, save_state
 
 STATE_FORMAT = "asymfuse.aff_train/1"
+START_FILE = "start.pt"
+"""The run's state before its first step (the closed-form start), written when there is a val split."""
 
 
 @dataclass
@@ -53,6 +57,8 @@ class TrainResult:
     """A finished run: the best models (eval mode, CPU) and what happened.
 
     ``extra["psi_q"]``: the query-side (EMA) classifier ``(C, d)`` when the scheme has one.
+    ``start``: the val metrics of the untrained (closed-form) start, ``{}`` without a val split;
+    ``best_epoch`` is 0 when no trained epoch beat it.
     """
 
     config: TrainConfig
@@ -66,6 +72,7 @@ class TrainResult:
     embedding_space_id: str
     runtime_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    start: dict[str, Any] = field(default_factory=dict)
 
 
 class _IndexDataset(Dataset):
@@ -114,9 +121,11 @@ class _Run(EpochRun):
         cfg, env = self.cfg, self.env
         if env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
         self.plan_batches(len(load_training_set(cfg.data_source, cfg.data_root)))  # checks before the slow part
         self.data: AFFData = prepare_data(cfg, is_main=env.is_main, barrier=lambda: barrier(env))
+        # Seeded after the data: building an extractor (a cache miss) draws from the global RNG, and
+        # training (stochastic depth, dropout) must not depend on whether the features were cached.
+        torch.manual_seed(cfg.seed)
         self.system = build_system(cfg, self.data, device=self.device)
         s = self.system
         mult = cfg.mixer_lr_mult
@@ -128,6 +137,7 @@ class _Run(EpochRun):
         self.init_optimisation(optimizer, phased_schedule(optimizer, kind=cfg.schedule, warmup=cfg.warmup_steps,
                                                           phase_steps=phases))
         self.bad_checks = 0
+        self.start: dict[str, Any] = {}  # val metrics of the untrained start (epoch 0)
 
     def _loader(self, stage: str) -> tuple[DataLoader, Dataset, DistributedSampler]:
         cfg, ts = self.cfg, self.data.training_set
@@ -159,9 +169,10 @@ class _Run(EpochRun):
         self.system.load_state_dict(payload["model"])
         self.restore(payload)
         self.bad_checks = payload.get("bad_checks", 0)
+        self.start = payload.get("start", {})
 
     def _state(self, epoch: int) -> dict[str, Any]:
-        return {**self.base_state(epoch, self.system), "bad_checks": self.bad_checks,
+        return {**self.base_state(epoch, self.system), "bad_checks": self.bad_checks, "start": self.start,
                 "schema": None if self.data.table is None else self.data.table.schema.to_dict(),
                 "class_names": list(self.data.training_set.class_names),
                 "spec": None if self.system.query_net is None else self.system.query_net.spec.to_json(),
@@ -177,6 +188,8 @@ class _Run(EpochRun):
             log.write({"event": "resume", "epoch": self.start_epoch})
         stage, model, loader, ds, sampler = None, None, None, None, None
         done = 0
+        if not resume and self.data.val is not None:  # the start is a candidate: training must beat it on val
+            self._end_epoch(-1, {"epoch": 0, "stage": "start"}, log)
         for epoch in range(self.start_epoch, self.cfg.epochs):
             if self._stage_of(epoch) != stage:
                 stage = self._stage_of(epoch)
@@ -225,6 +238,8 @@ class _Run(EpochRun):
                 "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _end_epoch(self, epoch: int, record: dict[str, Any], log: JsonlLog) -> bool:
+        """Validate, track the best, write the checkpoints; ``epoch = -1`` checks the untrained start
+        (kept as :attr:`start`, epoch 0, not in the history). Returns whether early stopping ends the run."""
         cfg = self.cfg
         last = epoch + 1 == cfg.epochs
         metrics: dict[str, Any] = {}
@@ -232,10 +247,15 @@ class _Run(EpochRun):
             metrics = validate(self.system, self.data.val, device=self.device)
         metrics = broadcast_object(metrics, self.env)
         record.update(metrics)
-        self.history.append(record)
+        if epoch < 0:
+            self.start = record
+            if self.env.is_main:  # the start's weights, for "start" vs "after training" reports
+                save_state(self.out / START_FILE, self._state(0))
+        else:
+            self.history.append(record)
         key = f"val_{'asym' if self.system.query_net is not None else 'sym'}_{cfg.select_metric}"
         score = metrics.get(key)
-        improved = self.improved(score, has_val=self.data.val is not None)
+        improved = self.improved(score, has_val=self.data.val is not None, min_delta=cfg.select_min_delta)
         if score is not None:
             self.bad_checks = 0 if improved else self.bad_checks + 1
         if improved:
@@ -263,7 +283,7 @@ class _Run(EpochRun):
                                extra={"scheme": self.cfg.scheme, "best_epoch": self.best["epoch"]})
         return TrainResult(config=self.cfg, out_dir=self.out, schema=schema, mixer=s.mixer, query_net=s.query_net,
                            history=self.history, best_epoch=int(self.best["epoch"]), checkpoint=best_path,
-                           embedding_space_id=space, runtime_s=time.perf_counter() - self.t0,
+                           embedding_space_id=space, runtime_s=time.perf_counter() - self.t0, start=self.start,
                            extra={"psi_q": None if s.ema is None else s.ema.weight.detach().clone()})
 
     def _space_id(self, schema: GallerySchema | None) -> str:
@@ -273,6 +293,28 @@ class _Run(EpochRun):
         if self.cfg.scheme in SINGLE_GALLERY_SCHEMES:
             return single_gallery_space_id(schema)
         return default_space_id(s.query_net)
+
+
+def start_models(result: TrainResult) -> tuple[torch.nn.Module | None, QueryNet | None]:
+    """Copies of the run's mixer and query net with the weights of its untrained start
+    (``start.pt``), on the CPU in eval mode; ``(None, None)`` when the run wrote no start.
+
+    Raises:
+        CorruptDataError: ``start.pt`` is unreadable.
+    """
+    path = result.out_dir / START_FILE
+    if not path.is_file():
+        return None, None
+    state = load_state(path, fmt=STATE_FORMAT)["model"]
+    out = []
+    for prefix, module in (("mixer.", result.mixer), ("query_net.", result.query_net)):
+        if module is None:
+            out.append(None)
+            continue
+        copy = deepcopy(module)
+        copy.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        out.append(copy.eval())
+    return out[0], out[1]
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -130,12 +130,14 @@ class EpochRun:
                 "scaler": self.scaler.state_dict(), "history": self.history, "best": self.best}
 
     # ------------------------------------------------------------------------------------- end epoch
-    def improved(self, score: float | None, *, has_val: bool) -> bool:
-        """Whether this epoch's val ``score`` beats the best so far (without a val split every epoch
-        counts as an improvement, so the last one is the best)."""
+    def improved(self, score: float | None, *, has_val: bool, min_delta: float = 0.0) -> bool:
+        """Whether this epoch's val ``score`` beats the best so far by more than ``min_delta`` (the first
+        score always counts; without a val split every epoch counts as an improvement, so the last one
+        is the best)."""
         if score is None:
             return not has_val
-        return score > self.best["score"]
+        margin = min_delta if self.best["epoch"] >= 0 else 0.0
+        return score > self.best["score"] + margin
 
     def save_epoch(self, state: Callable[[], dict[str, Any]], *, improved: bool, record: Mapping[str, Any],
                    log: JsonlLog, skip: tuple[str, ...] = ("step_losses",)) -> None:

@@ -58,10 +58,12 @@ def store_path(features_dir: str | os.PathLike[str], name: str, part: str, which
 
 def ensure_training_features(name: str, training_set: TrainingSet, *, features_dir: str | os.PathLike[str],
                              device: str | torch.device = "cpu", progress: bool = False,
-                             batch_size: int = 16) -> Path:
-    """Make sure ``<features_dir>/<name>/train/gallery`` holds ``name`` features of every training image.
+                             batch_size: int = 16, part: str = TRAIN_PART) -> Path:
+    """Make sure ``<features_dir>/<name>/<part>/gallery`` holds ``name`` features of every training image.
 
-    Rows are keyed by :func:`training_ids`; the whole image is used (no crop).
+    Rows are keyed by :func:`training_ids`; the whole image is used (no crop). ``part`` is
+    ``train`` for the training images (other parts: e.g. the crop views of
+    :mod:`asymfuse.cloud.train.start_views`).
 
     Returns:
         The store folder.
@@ -73,7 +75,7 @@ def ensure_training_features(name: str, training_set: TrainingSet, *, features_d
             list; see :func:`asymfuse.cloud.features.extract.extract_to_store` for the rest.
         CorruptDataError: an image or the existing store is unreadable.
     """
-    root = store_path(features_dir, name, TRAIN_PART)
+    root = store_path(features_dir, name, part)
     ids = training_ids(training_set)
     if is_complete(root, ids):
         return root
@@ -81,7 +83,7 @@ def ensure_training_features(name: str, training_set: TrainingSet, *, features_d
     with create_feature_extractor(name, device=device) as extractor:
         extract_to_store(extractor, list(training_set.paths), root, ids=ids, batch_size=batch_size,
                          resume=True, progress=progress,
-                         meta={"dataset": training_set.name, "part": TRAIN_PART}).close()
+                         meta={"dataset": training_set.name, "part": part}).close()
     return root
 
 

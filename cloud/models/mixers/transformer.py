@@ -14,6 +14,15 @@ their values are zeroed before the projection, so even NaN garbage stays out). T
 global tokens are never masked: every query row has at least one key, and an image whose local
 sets are all padding still gets a finite embedding. There are no positional embeddings, so the
 output does not depend on the order of the descriptors within a local set.
+
+**Anchored start** (``anchor=True``, an asymfuse addition for small training sets): the output
+becomes ``normalize(A(x)) + W_o t_C``, where ``A`` is the PCA-whitened concatenation of the inputs
+(:class:`~asymfuse.cloud.models.mixers.concat.ConcatMixer`, frozen buffers learnt by :meth:`fit`
+on training rows) and ``W_o`` a ``Linear(d, d)`` on the fusion token ``t_C`` that starts at zero.
+Before training the mixer therefore *is* the whitened concatenation, a space that already
+retrieves well; training learns a correction on top of it instead of a space from scratch, which
+on tens of classes collapses what the frozen inputs knew (measured in the closing notes of the
+quality issue). With ``anchor=False`` the output is the fusion token alone, as in the paper.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from torch import nn
 
 from asymfuse.cloud.models.fusion import FusionInputs, GallerySchema
 from asymfuse.cloud.models.mixers.base import Mixer, check_positive_int, init_standard_layers
+from asymfuse.cloud.models.mixers.concat import ConcatMixer
 from asymfuse.edge.errors import ConfigError
 
 FUSION_TOKEN_STD = 0.02
@@ -67,7 +77,7 @@ class TransformerMixer(Mixer):
     trainable = True
 
     def __init__(self, *, schema: GallerySchema, dim: int, layers: int = 4, heads: int = 8,
-                 mlp_ratio: float = 2.0) -> None:
+                 mlp_ratio: float = 2.0, anchor: bool = False) -> None:
         """
         Args:
             schema: the K global + M local inputs.
@@ -75,16 +85,24 @@ class TransformerMixer(Mixer):
             layers: number C of post-LN layers.
             heads: attention heads.
             mlp_ratio: MLP hidden width d_e = round(mlp_ratio * d).
+            anchor: start from the PCA-whitened concatenation (see the module docstring); then
+                :meth:`fit` must run on training rows before ``forward``, and
+                ``d <= sum of the input dimensions``.
 
         Raises:
-            ConfigError: a non-positive size, or ``dim`` not divisible by ``heads``.
+            ConfigError: a non-positive size, ``dim`` not divisible by ``heads``, ``anchor`` not a
+                bool, or an anchor wider than the concatenated inputs.
         """
         check_positive_int("transformer mixer: layers", layers)
         check_positive_int("transformer mixer: heads", heads)
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
             raise ConfigError(f"transformer mixer: mlp_ratio must be a number > 0, got {mlp_ratio!r}")
-        super().__init__(schema=schema, dim=dim,
-                         options={"layers": layers, "heads": heads, "mlp_ratio": float(mlp_ratio)})
+        if not isinstance(anchor, bool):
+            raise ConfigError(f"transformer mixer: anchor must be True or False, got {anchor!r}")
+        options = {"layers": layers, "heads": heads, "mlp_ratio": float(mlp_ratio)}
+        if anchor:  # recorded only when on, so configs written before the option still match
+            options["anchor"] = True
+        super().__init__(schema=schema, dim=dim, options=options)
         if dim % heads:
             raise ConfigError(f"transformer mixer: dim={dim} must be divisible by heads={heads}; "
                               "change one of them")
@@ -93,6 +111,8 @@ class TransformerMixer(Mixer):
         self.local_proj = nn.ModuleList(nn.Linear(s.dim, dim) for s in schema.local_slots)
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.ModuleList(PostLNBlock(dim=dim, heads=heads, hidden=hidden) for _ in range(layers))
+        self.anchor = ConcatMixer(schema=schema, dim=dim, whiten=True) if anchor else None
+        self.out_proj = nn.Linear(dim, dim) if anchor else None
 
     def reset_parameters(self, *, generator: torch.Generator) -> None:
         """Standard Linear/LayerNorm init plus a N(0, 0.02^2) fusion token, all from ``generator``."""
@@ -100,6 +120,20 @@ class TransformerMixer(Mixer):
         with torch.no_grad():
             token = torch.empty(self.fusion_token.shape).normal_(0.0, FUSION_TOKEN_STD, generator=generator)
             self.fusion_token.copy_(token)
+            if self.out_proj is not None:  # the anchored mixer starts as its anchor exactly
+                self.out_proj.weight.zero_()
+                self.out_proj.bias.zero_()
+
+    def fit(self, inputs: FusionInputs) -> None:
+        """Learn the anchor's PCA whitening from N training rows (no-op without an anchor).
+
+        Raises:
+            ShapeError: the batch does not match the schema.
+            ConfigError: ``dim > min(N - 1, D)`` or constant features (see ConcatMixer.fit).
+        """
+        inputs.check(self.schema)
+        if self.anchor is not None:
+            self.anchor.fit(inputs)
 
     def tokens(self, inputs: FusionInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """The initial tokens Z0 and their key mask.
@@ -119,9 +153,18 @@ class TransformerMixer(Mixer):
         return torch.cat(parts, dim=1), attend
 
     def mix(self, inputs: FusionInputs) -> torch.Tensor:
-        """``(B, d)`` fusion token after the last layer (not yet normalised)."""
+        """``(B, d)`` fusion token after the last layer, plus the anchor when there is one (not yet
+        normalised).
+
+        Raises:
+            ConfigError: an anchored mixer whose :meth:`fit` has not run (nor a fitted state loaded).
+        """
         z, attend = self.tokens(inputs)
         mask = attend[:, None, None, :]
         for block in self.blocks:
             z = block(z, mask)
-        return z[:, 0]
+        token = z[:, 0]
+        if self.anchor is None:
+            return token
+        start = F.normalize(self.anchor.mix(inputs).float(), dim=-1).to(token.dtype)
+        return start + self.out_proj(token)

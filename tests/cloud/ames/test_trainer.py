@@ -183,11 +183,26 @@ def test_bad_teachers_are_refused(ames_setup, teacher_path, tmp_path):
         train_ames(_cfg(ames_setup, distill_teacher=str(tmp_path / "nope.pt"), val=""), out_dir=tmp_path / "d")
 
 
-def test_batch_larger_than_training_set_and_bf16_autocast(ames_setup, tmp_path):
+def test_batch_larger_than_training_set_and_bf16_autocast(ames_setup, tmp_path, monkeypatch):
+    from asymfuse.cloud.ames.model import AMES
+
     with pytest.raises(ConfigError, match="lower batch_size"):
         train_ames(_cfg(ames_setup, batch_size=4096), out_dir=tmp_path / "big")
+    seen: list[bool] = []
+    original = AMES.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:  # the trainer's forward passes (validation runs without autocast)
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AMES, "forward", spy)
     res = train_ames(_cfg(ames_setup, epochs=1, precision="bf16", val=""), out_dir=tmp_path / "bf16")
     assert np.isfinite(res.history[0]["loss"]) and res.history[0]["loss"] > 0
+    assert seen and all(seen), "the bf16 switch did not reach the forward pass"
+    seen.clear()
+    train_ames(_cfg(ames_setup, epochs=1, val=""), out_dir=tmp_path / "fp32")
+    assert seen and not any(seen), "fp32 training ran under bf16 autocast"
 
 
 def test_cli_trains_and_reports(ames_setup, tmp_path, capsys):

@@ -135,7 +135,7 @@ def test_wrong_local_dim_and_wrong_input_count_raise_shape_error(name):
 def test_unknown_name_and_unknown_option():
     with pytest.raises(UnknownNameError, match="choose one of: concat, mlp, transformer"):
         create_mixer("perceiver", schema=SCHEMA, dim=DIM)
-    with pytest.raises(ConfigError, match=r"'dropout'.*it takes \['heads', 'layers', 'mlp_ratio'\]"):
+    with pytest.raises(ConfigError, match=r"'dropout'.*it takes \['anchor', 'heads', 'layers', 'mlp_ratio'\]"):
         create_mixer("transformer", schema=SCHEMA, dim=DIM, dropout=0.1)
 
 

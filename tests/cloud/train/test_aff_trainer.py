@@ -83,10 +83,12 @@ def _cfg(setup, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_mixer_only_trains_and_writes_artifacts(setup, tmp_path):
-    res = train_aff(_cfg(setup, scheme="mixer_only", epochs=4, lr=0.1), out_dir=tmp_path)
+@pytest.mark.parametrize(("start", "opt"), [("random", {"lr": 0.1}), ("pca", {"optimizer": "adamw", "lr": 1e-3})])
+def test_mixer_only_trains_and_writes_artifacts(setup, tmp_path, start, opt):
+    res = train_aff(_cfg(setup, scheme="mixer_only", epochs=4, mixer_start=start, **opt), out_dir=tmp_path)
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < losses[0]
+    assert set(res.start) >= {"val_sym_mAP_medium"} and res.start["epoch"] == 0  # the start was validated
     for name in ("last.pt", "best.pt", "mixer.pt", "metrics.jsonl"):
         assert (tmp_path / name).is_file(), name
     assert not (tmp_path / "query_net.pt").exists()
@@ -221,12 +223,30 @@ def test_ddp_two_gloo_processes_match_one_process(setup, tmp_path, torchrun):
     assert (tmp_path / "two" / "mixer.pt").is_file()
 
 
-def test_bf16_autocast_channels_last_and_loader_workers(setup, tmp_path):
-    """The GPU-oriented switches run on CPU: bf16 autocast, channels_last, 1 DataLoader worker."""
+def test_bf16_autocast_channels_last_and_loader_workers(setup, tmp_path, monkeypatch):
+    """The GPU-oriented switches run on CPU: bf16 autocast, channels_last, 1 DataLoader worker; the
+    forward pass really runs under bf16 autocast (and an fp32 run does not)."""
+    from asymfuse.cloud.train.aff_model import AFFSystem
+
+    seen: list[tuple[bool, torch.dtype, bool]] = []
+    original = AFFSystem.forward
+
+    def spy(self, images, gallery, labels):
+        out = original(self, images, gallery, labels)
+        q = self.query_net.whiten(torch.zeros(1, self.query_net.whiten.in_features))
+        seen.append((torch.is_autocast_enabled("cpu"), q.dtype,
+                     images.is_contiguous(memory_format=torch.channels_last)))
+        return out
+
+    monkeypatch.setattr(AFFSystem, "forward", spy)
     cfg = _cfg(setup, epochs=1, precision="bf16", channels_last=True, workers=1, pin_memory=True)
-    res = train_aff(cfg, out_dir=tmp_path)
+    res = train_aff(cfg, out_dir=tmp_path / "bf16")
     assert np.isfinite(res.history[0]["loss"]) and res.history[0]["loss"] > 0
     assert res.query_net.spec.embedding_space_id == res.embedding_space_id
+    assert seen and all(s == (True, torch.bfloat16, True) for s in seen), seen
+    seen.clear()
+    train_aff(_cfg(setup, epochs=1), out_dir=tmp_path / "fp32")
+    assert seen and all(s[:2] == (False, torch.float32) for s in seen), seen
 
 
 def test_class_with_one_image_is_refused_before_training(tmp_path):
@@ -245,3 +265,46 @@ def test_class_with_one_image_is_refused_before_training(tmp_path):
     Image.new("RGB", (32, 32), (0, 90, 0)).save(root / "b" / "1.jpg")  # now every class has 2+ images
     res = train_aff(cfg, out_dir=tmp_path / "run")  # image-folder source, no val split: last epoch is best
     assert res.best_epoch == 1 and (tmp_path / "run" / "query_net.pt").is_file()
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
+    """A real crash: `asymfuse train aff` is SIGKILLed in its second epoch, then resumed with
+    --resume; the query net, the mixer and the momentum classifier end equal to an uninterrupted run."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = _cfg(setup, epochs=3, batch_size=2, log_every=1)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "asymfuse.cloud.cli.main", "train", "aff", "--config", str(tmp_path / "cfg.json"),
+           "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            log = run / "metrics.jsonl"
+            lines = log.read_text().splitlines() if log.is_file() else []
+            if any(json.loads(x).get("epoch") == 1 and "step" in json.loads(x) for x in lines if x.strip()):
+                os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 2: last.pt holds epoch 1 only
+                break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-training: {proc.stderr.read()[-2000:]}"
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] < 3
+    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train_aff(cfg, out_dir=tmp_path / "full")
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert resumed["epoch"] == 3
+    expected = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    for prefix in ("query_net.", "mixer.", "ema.weight", "head_mix.weight"):
+        keys = [k for k in expected if k.startswith(prefix)]
+        assert keys, prefix
+        for k in keys:
+            torch.testing.assert_close(resumed["model"][k], expected[k], rtol=0, atol=1e-6, msg=k)
