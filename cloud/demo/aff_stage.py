@@ -5,7 +5,8 @@ single-feature rows extracted are read again here, and train/val features are ex
 Rows: the fused gallery on both sides (symmetric), and the Lite0 query net against the fused
 gallery (asymmetric); each first for the closed-form start (``[start]``: the mixer's PCA-whitened
 anchor and the ridge-fitted query head, before any gradient step), then for the trained models
-(the best val epoch, which is the start itself when no epoch beat it). The run folder ``<out>/aff`` keeps the checkpoints, models and curves.
+(the best val epoch, which is the start itself when no epoch beat it).
+The run folder ``<out>/aff`` keeps the checkpoints, models and curves.
 """
 
 from __future__ import annotations
