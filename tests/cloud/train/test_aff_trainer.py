@@ -87,7 +87,10 @@ def _cfg(setup, **kw) -> TrainConfig:
 def test_mixer_only_trains_and_writes_artifacts(setup, tmp_path, start, opt):
     res = train_aff(_cfg(setup, scheme="mixer_only", epochs=4, mixer_start=start, **opt), out_dir=tmp_path)
     losses = [h["loss"] for h in res.history]
-    assert losses[-1] < losses[0]
+    if start == "random":
+        assert losses[-1] < losses[0]
+    else:  # the anchored start with imprinted centres already separates the classes (random start: ~14)
+        assert np.isfinite(losses).all() and max(losses) < 1.0, losses
     assert set(res.start) >= {"val_sym_mAP_medium"} and res.start["epoch"] == 0  # the start was validated
     for name in ("last.pt", "best.pt", "mixer.pt", "metrics.jsonl"):
         assert (tmp_path / name).is_file(), name
