@@ -32,6 +32,7 @@ from asymfuse.cloud.train.feature_cache import (
     ensure_dataset_features,
     ensure_training_features,
     is_complete,
+    store_path,
     training_ids,
 )
 from asymfuse.cloud.train.query_start import fit_query_head
@@ -123,7 +124,7 @@ def _start_views_table(cfg: TrainConfig, ts: TrainingSet,
     views = crop_views(ts, features_dir=cfg.features_dir, views=cfg.start_views, seed=cfg.seed,
                        crop_scale_min=cfg.crop_scale_min)  # already written by rank 0: reads nothing
     ids = training_ids(views)
-    roots = [Path(cfg.features_dir) / n / _views_part(cfg) / "gallery" for n in names]
+    roots = [store_path(cfg.features_dir, n, _views_part(cfg)) for n in names]
     missing = [str(r) for r in roots if not is_complete(r, ids)]
     if missing:
         LOG.warning("no crop-view features in %s: the closed-form start uses the training images only", missing)
@@ -147,10 +148,10 @@ def _start_rows(data: AFFData, mixer: torch.nn.Module | None) -> tuple[np.ndarra
             np.concatenate([data.training_set.labels, data.start_images.labels]))
 
 
-def start_query_head(cfg: TrainConfig, data: AFFData, *, query_net: QueryNet, mixer: torch.nn.Module | None,
+def start_query_head(cfg: TrainConfig, data: AFFData, *, query_net: QueryNet, x: np.ndarray,
                      device: torch.device) -> None:
-    """Fit the query net's whitening layer onto the start space (:mod:`asymfuse.cloud.train.query_start`)."""
-    x, _ = _start_rows(data, mixer)
+    """Fit the query net's whitening layer onto the start space (:mod:`asymfuse.cloud.train.query_start`);
+    ``x`` holds the start-space vectors of :func:`_start_rows`."""
     n = len(data.training_set)
     sources = [(data.training_set, x[:n])]
     if data.start_table is not None:
@@ -218,6 +219,7 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
     """
     table, ts = data.table, data.training_set
     mixer = None
+    start_x = start_labels = None  # start-space rows, computed once for the query head and the classifier
     if cfg.trains_mixer:
         mixer = create_mixer(cfg.mixer, schema=table.schema, dim=cfg.dim, seed=cfg.seed, **mixer_kwargs(cfg))
         # the PCA whitening of concat, or of the anchored transformer's start, learnt on the training
@@ -246,11 +248,14 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
                 bank = None
         query_net = build_query_net(cfg, embed_dim=embed_dim, device=device)
         if cfg.query_start == "ridge" and cfg.scheme != "symmetric":
-            start_query_head(cfg, data, query_net=query_net, mixer=mixer, device=device)
+            start_x, start_labels = _start_rows(data, mixer)
+            start_query_head(cfg, data, query_net=query_net, x=start_x, device=device)
     system = AFFSystem(config=cfg, num_classes=ts.num_classes, mixer=mixer, query_net=query_net,
                        gallery_weight=gallery_weight, bank=bank)
     if system.head_mix is not None and cfg.mixer_start == "pca":
-        imprint_classifier(system, class_centres(*_start_rows(data, mixer), ts.num_classes))
+        if start_x is None:
+            start_x, start_labels = _start_rows(data, mixer)
+        imprint_classifier(system, class_centres(start_x, start_labels, ts.num_classes))
     system.to(device)
     if cfg.channels_last and query_net is not None:
         query_net.to(memory_format=torch.channels_last)
