@@ -17,7 +17,7 @@ from asymfuse.export.spec import ExportSpec
 from asymfuse.export.verify import verify_artifact
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/example-export")
-net = (load_query_net(sys.argv[2]) if len(sys.argv) > 2
+net = (load_query_net(sys.argv[2])[0] if len(sys.argv) > 2
        else create_query_net("efficientnet_lite0", pretrained=True, input_size=224)).eval()
 bench = ensure_benchmark("runs/benchmark")  # the embedded real-photo benchmark (built once, ~15 s)
 test = test_split(bench)

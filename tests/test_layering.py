@@ -76,3 +76,18 @@ def test_every_subpackage_is_installed():
         for init in (ROOT / package).rglob("__init__.py"):
             rel = init.parent.relative_to(ROOT).as_posix().replace("/", ".")
             importlib.import_module(f"asymfuse.{rel}")
+
+
+# Serving code (the searcher's side) never depends on training code; what both need lives below.
+SERVING = ("cloud/index", "cloud/service", "cloud/ames")
+SERVING_MAY_NOT_IMPORT = ("asymfuse.cloud.train", "asymfuse.cloud.bench", "asymfuse.cloud.demo", "asymfuse.cloud.cli")
+
+
+def test_serving_code_imports_no_training_code():
+    bad = []
+    for folder in SERVING:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for name in imports_of(path):
+                if name.startswith(SERVING_MAY_NOT_IMPORT):
+                    bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "serving code must not import training, bench, demo or CLI code:\n" + "\n".join(bad)

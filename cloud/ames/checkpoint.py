@@ -42,7 +42,7 @@ class AMESInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def save_ames(path: str | os.PathLike[str], model: AMES, *, lam: float = DEFAULT_LAM, gamma: float = DEFAULT_GAMMA,
+def save_ames(model: AMES, path: str | os.PathLike[str], *, lam: float = DEFAULT_LAM, gamma: float = DEFAULT_GAMMA,
               local_feature: str | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` atomically as ``{'state': ..., 'asymfuse': ...}``; returns the path."""
     meta = {"format": CHECKPOINT_FORMAT, "config": model.cfg.to_dict(), "lam": float(lam), "gamma": float(gamma),
@@ -89,7 +89,8 @@ def load_ames(path: str | os.PathLike[str], *, variant: str | None = None, local
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise CorruptDataError(f"cannot read AMES checkpoint {path}: {exc}") from exc
+        raise CorruptDataError(f"cannot read AMES checkpoint {path}: {exc}; pass the ames.pt written by "
+                               "`asymfuse train ames` or a published AMES checkpoint") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("state"), dict):
         raise CorruptDataError(f"{path} is not an AMES checkpoint: expected a dict with key 'state' "
                                "(the published layout)")

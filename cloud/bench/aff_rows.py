@@ -6,7 +6,7 @@ notes). Evaluation conventions:
 
 - symmetric: the gallery-side model on both ends, applied to the *stored* features of the
   (bbx-cropped) queries and of the gallery images; a single local feature is mean-pooled;
-- asymmetric: :func:`~asymfuse.cloud.train.aff_eval.embed_queries` (the query net on the
+- asymmetric: :func:`~asymfuse.cloud.embed.embed_queries` (the query net on the
   bbx-cropped query images) against the fused (or single-feature) gallery vectors;
 - query net symmetric: the same query net embeds the query crops and the gallery images.
 """
@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
+from asymfuse.cloud.embed import embed_images, embed_queries, fuse_table
+from asymfuse.cloud.eval.evaluate import evaluate_aff
+from asymfuse.cloud.features.gallery_table import GalleryTable, load_gallery_table
 from asymfuse.cloud.models.mixers import create_mixer, masked_mean_pool
 from asymfuse.cloud.train.aff_config import TrainConfig
-from asymfuse.cloud.train.aff_data import GalleryTable, load_gallery_table
-from asymfuse.cloud.train.aff_eval import embed_images, embed_queries, evaluate_aff, fuse_table
 from asymfuse.cloud.train.feature_cache import store_path, training_ids
 from asymfuse.edge.errors import ConfigError
 

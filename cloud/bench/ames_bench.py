@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from asymfuse.cloud.ames.train_config import AMESTrainConfig
+from asymfuse.cloud.bench.ames_prep import AMESContext, prepare
 from asymfuse.cloud.bench.ames_report import (
     BLOCKS,
     ROW_FAST,
@@ -44,7 +44,6 @@ from asymfuse.cloud.bench.ames_report import (
     render_markdown,
     write_report,
 )
-from asymfuse.cloud.bench.ames_prep import AMESContext, prepare
 from asymfuse.cloud.bench.ames_rows import (
     asymmetry_row,
     global_row,
@@ -55,6 +54,7 @@ from asymfuse.cloud.bench.ames_rows import (
     with_runtime,
 )
 from asymfuse.cloud.data.benchmark import BenchmarkConfig
+from asymfuse.cloud.train.ames_config import AMESTrainConfig
 from asymfuse.edge.errors import ConfigError, unknown_name
 
 LOG = logging.getLogger("asymfuse.bench.ames")

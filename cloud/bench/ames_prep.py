@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.index.flat import as_float32_matrix
 from asymfuse.edge.errors import ConfigError, missing_dependency
@@ -73,7 +72,7 @@ class AMESContext:
         """``(xq (nq, D), xb (nb, D))`` float32 unit-norm global vectors of a val/test split."""
         key = ("globals", part)
         if key not in self._cache:
-            from asymfuse.cloud.ames.pairs import global_rows
+            from asymfuse.cloud.train.ames_pairs import global_rows
 
             ds = self.dataset(part)
             name = self.cfg.global_feature
@@ -131,7 +130,7 @@ def prepare(cfg: AMESBenchConfig, out: Path) -> AMESContext:
         f"gallery mean {c['test/gallery']['mean']:.0f} (min {c['test/gallery']['min']:.0f})"
         for name, c in ctx.counts.items())
     if "memory" in cfg.blocks:
-        from asymfuse.cloud.ames.pairs import global_rows
+        from asymfuse.cloud.train.ames_pairs import global_rows
         from asymfuse.cloud.train.feature_cache import training_ids
 
         xt = global_rows(ctx.store(cfg.global_feature, "train"), ids=training_ids(ctx.training_set))
@@ -141,8 +140,12 @@ def prepare(cfg: AMESBenchConfig, out: Path) -> AMESContext:
 
 def ensure_global(ctx: AMESContext) -> bool:
     """The global feature of train, val and test through the feature cache; True when anything was extracted."""
-    from asymfuse.cloud.train.feature_cache import (ensure_dataset_features, ensure_training_features, is_complete,
-                                                    training_ids)
+    from asymfuse.cloud.train.feature_cache import (
+        ensure_dataset_features,
+        ensure_training_features,
+        is_complete,
+        training_ids,
+    )
 
     cfg, name = ctx.cfg, ctx.cfg.global_feature
     todo = not is_complete(ctx.store(name, "train"), training_ids(ctx.training_set)) or any(

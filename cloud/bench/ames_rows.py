@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from asymfuse.cloud.bench.ames_prep import AMESContext, pq_code_bytes
 from asymfuse.cloud.bench.ames_report import (
     BINARY_DESCRIPTOR_BYTES,
@@ -53,7 +52,7 @@ def _settings(ctx: AMESContext) -> dict[str, str]:
 
 def train_variant(ctx: AMESContext, *, local: str, variant: str) -> Any:
     """``train_ames`` of one variant into ``out/runs/<local>-<variant>`` (cached; a failure is raised again)."""
-    from asymfuse.cloud.ames.trainer import train_ames
+    from asymfuse.cloud.train.ames_trainer import train_ames
 
     key = f"{local}-{variant}"
     if key not in ctx.models:

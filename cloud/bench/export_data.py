@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
-
 from asymfuse.cloud.data.benchmark import Benchmark, BenchmarkConfig
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.edge.errors import ConfigError, CorruptDataError
 from asymfuse.edge.spec import ModelSpec
+from torch import nn
 
 LOG = logging.getLogger("asymfuse.export")
 MAP_KEY = "mAP_medium"
@@ -174,8 +173,7 @@ def torch_reference(model: nn.Module, test: RetrievalDataset, *, batch_size: int
         ConfigError: the model has no ModelSpec ``spec``.
     """
     import torch
-
-    from asymfuse.cloud.train.aff_eval import embed_images
+    from asymfuse.cloud.embed import embed_images
 
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
@@ -198,7 +196,7 @@ def torch_reference(model: nn.Module, test: RetrievalDataset, *, batch_size: int
 
 def retrieval_metrics(test: RetrievalDataset, query_vectors: np.ndarray, gallery: np.ndarray) -> dict[str, float]:
     """Rank ``gallery`` by inner product for each query vector; revisitop metrics in percent."""
-    from asymfuse.cloud.train.aff_eval import evaluate_aff
+    from asymfuse.cloud.eval.evaluate import evaluate_aff
 
     q = np.asarray(query_vectors, dtype=np.float32)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)  # runtimes may drift off unit norm

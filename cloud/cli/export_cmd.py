@@ -76,29 +76,15 @@ def export_specs(formats: list[str], precisions: list[str], *, size: int, calibr
 
 
 def load_net(checkpoint: str, *, size: int | None) -> Any:
-    """The checkpoint's query net in eval mode, rebuilt at ``size`` when it differs from its spec.
+    """The checkpoint's query net in eval mode, rebuilt at ``size`` x ``size`` when given.
 
     Raises:
-        ConfigError: the checkpoint carries no ModelSpec, or its weights do not match.
-        CorruptDataError: the file is missing or unreadable.
+        CorruptDataError: the file is missing or unreadable, carries no ModelSpec, or its weights
+            do not fit.
     """
-    from dataclasses import replace
+    from asymfuse.cloud.models.checkpoint import load_query_net
 
-    from asymfuse.cloud.models.checkpoint import load_query_net, read_checkpoint_spec
-    from asymfuse.cloud.models.query_net import create_query_net
-    from asymfuse.edge.errors import ConfigError
-
-    spec, state = read_checkpoint_spec(checkpoint)
-    if size is None or (size, size) == tuple(spec.input_size):
-        return load_query_net(checkpoint).eval()
-    net = create_query_net(spec.arch, embed_dim=spec.embed_dim, pretrained=False, input_size=size,
-                           resize=spec.resize, embedding_space_id=spec.embedding_space_id)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {checkpoint!r} weights do not match {spec.arch}: {exc}") from exc
-    net.spec = replace(spec, input_size=(size, size))
-    return net.eval()
+    return load_query_net(checkpoint, input_size=None if size is None else (size, size))[0]
 
 
 def failed_artifact(out: Path, model_spec: Any, spec: Any, exc: BaseException) -> Any:

@@ -32,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_fuse(args: argparse.Namespace) -> int:
     from asymfuse.cloud.index.fuse import fuse_stores, store_roots_for
-    from asymfuse.cloud.train.artifacts import load_mixer
+    from asymfuse.cloud.models.mixers.checkpoint import load_mixer
 
     roots = args.stores
     if roots is None:
         _, info = load_mixer(args.mixer)
-        roots = store_roots_for(info["schema"].names, features_dir=args.features_dir, part=args.part,
+        roots = store_roots_for(info.schema.names, features_dir=args.features_dir, part=args.part,
                                 which=args.which)
     store = fuse_stores(args.mixer, roots, args.out, device=args.device, batch_size=args.batch_size)
     print(f"fused {len(store)} items -> {args.out} (dim {store.dim}, space "

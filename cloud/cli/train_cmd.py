@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_aff)
     m = tsub.add_parser("ames", help="AMES: local-descriptor re-ranker (fp, binary, universal, distilled)",
                         description="Keys of the config file and --set overrides are AMESTrainConfig fields "
-                                    "(see asymfuse.cloud.ames.train_config), e.g. --set binary=true "
+                                    "(see asymfuse.cloud.train.ames_config), e.g. --set binary=true "
                                     "--set universal=[10,400]. Launch with `torchrun --nproc_per_node N "
                                     "$(which asymfuse) train ames ...` for DDP.")
     m.add_argument("--config", help="YAML (or JSON) file of AMESTrainConfig keys")
@@ -50,7 +50,7 @@ def load_ames_train_config(path: str | None, overrides: list[str] | None, *,  # 
     Raises:
         ConfigError: unreadable file, unknown keys or bad values.
     """
-    from asymfuse.cloud.ames.train_config import config_from_dict
+    from asymfuse.cloud.train.ames_config import config_from_dict
 
     return config_from_dict(_config_data(path, overrides, device=device))
 
@@ -96,7 +96,7 @@ def run_aff(args: argparse.Namespace) -> int:
 
 
 def run_ames(args: argparse.Namespace) -> int:
-    from asymfuse.cloud.ames.trainer import train_ames
+    from asymfuse.cloud.train.ames_trainer import train_ames
 
     cfg = load_ames_train_config(args.config, args.set, device=args.device)
     result = train_ames(cfg, out_dir=args.out, resume=args.resume)

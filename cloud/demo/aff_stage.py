@@ -17,9 +17,10 @@ from typing import Any
 from asymfuse.cloud.bench.aff_bench import QUICK_TRAIN
 from asymfuse.cloud.bench.aff_report import BenchRow, plot_curves
 from asymfuse.cloud.data.records import RetrievalDataset
+from asymfuse.cloud.embed import embed_queries, fuse_table
+from asymfuse.cloud.eval.evaluate import evaluate_aff
+from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.train.aff_config import TrainConfig
-from asymfuse.cloud.train.aff_data import load_gallery_table
-from asymfuse.cloud.train.aff_eval import embed_queries, evaluate_aff, fuse_table
 from asymfuse.cloud.train.aff_trainer import start_models, train_aff
 from asymfuse.cloud.train.feature_cache import ensure_dataset_features
 

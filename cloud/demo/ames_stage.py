@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from asymfuse.cloud.ames.train_config import AMESTrainConfig
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.train.aff_config import TrainConfig
+from asymfuse.cloud.train.ames_config import AMESTrainConfig
 from asymfuse.edge.errors import ConfigError
 
 # A few epochs at 32 descriptors keep the stage near a minute on 2 CPU cores; the recipe (lr, negatives
@@ -70,13 +69,13 @@ def aff_searches(aff_cfg: TrainConfig, aff_info: Mapping[str, Any], *,
     Raises:
         ConfigError, CorruptDataError: the stage's artifacts or a split's features are missing or unreadable.
     """
+    from asymfuse.cloud.embed import embed_queries, fuse_table
+    from asymfuse.cloud.features.gallery_table import load_gallery_table
     from asymfuse.cloud.models.checkpoint import load_query_net
-    from asymfuse.cloud.train.aff_data import load_gallery_table
-    from asymfuse.cloud.train.aff_eval import embed_queries, fuse_table
-    from asymfuse.cloud.train.artifacts import load_mixer
+    from asymfuse.cloud.models.mixers.checkpoint import load_mixer
 
     mixer, _ = load_mixer(aff_info["mixer"])
-    net = load_query_net(aff_info["query_net"])
+    net, _ = load_query_net(aff_info["query_net"])
     feats = Path(aff_cfg.features_dir)
     sym, asym = aff_labels(aff_cfg)
     out: dict[str, dict[str, Vectors]] = {sym: {}, asym: {}}
@@ -117,8 +116,8 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
     from asymfuse.cloud.ames.packed_store import build_packed_store
     from asymfuse.cloud.ames.scorer import AMESScorer
     from asymfuse.cloud.ames.sources import ArrayLocals
-    from asymfuse.cloud.ames.trainer import train_ames
     from asymfuse.cloud.features.store import FeatureStore
+    from asymfuse.cloud.train.ames_trainer import train_ames
     from asymfuse.cloud.train.feature_cache import ensure_dataset_features, store_path
 
     if not searches:

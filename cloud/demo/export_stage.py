@@ -58,7 +58,7 @@ def run_export_stage(*, query_net: Path, bench: Benchmark, test: RetrievalDatase
         check_combination(fmt, precision, batch="fixed" if fmt != "onnx" else "dynamic")
     if gallery.shape[0] != test.nb:
         raise ConfigError(f"the gallery has {gallery.shape[0]} vectors but the test split has {test.nb} images")
-    net = load_query_net(query_net).eval()
+    net, _ = load_query_net(query_net)
     spec = net.spec
     images = query_images(test, spec)
     torch_metrics = retrieval_metrics(test, torch_outputs(net, images), gallery)

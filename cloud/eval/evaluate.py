@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.eval.metrics import evaluate_revisitop, gldv2_map_at_k, holidays_map, ukbench_ns
 from asymfuse.cloud.index.flat import search
@@ -60,3 +59,38 @@ def rank_features(xq: np.ndarray, xb: np.ndarray, *, k: int | None = None) -> np
         raise ShapeError(f"query vectors {xq.shape} and gallery vectors {xb.shape} must share d")
     _, idx = search(xq, xb, k=xb.shape[0] if k is None else k)
     return np.ascontiguousarray(idx.T.astype(np.int64))
+
+
+def evaluate_aff(*, dataset: RetrievalDataset, query_vectors: np.ndarray,
+                 gallery_vectors: np.ndarray) -> dict[str, Any]:
+    """Rank the gallery by inner product for every query and score it with the dataset's protocol.
+
+    Args:
+        query_vectors: ``(nq, d)`` float, unit-norm for cosine similarity.
+        gallery_vectors: ``(nb, d)`` float, same space and dimension.
+
+    Returns:
+        The metrics of :func:`asymfuse.cloud.eval.evaluate.evaluate_ranking`, in percent (e.g.
+        ``mAP_easy``, ``mAP_medium``, ``mAP_hard``, ``mP@k_<setting>`` for revisitop).
+
+    Raises:
+        ShapeError: a matrix is not 2-D, its row count differs from the dataset's ``nq`` / ``nb``,
+            the dimensions differ, or it holds NaN/inf.
+    """
+    xq = _check_vectors(query_vectors, rows=dataset.nq, what="query_vectors", count="nq")
+    xb = _check_vectors(gallery_vectors, rows=dataset.nb, what="gallery_vectors", count="nb")
+    if xq.shape[1] != xb.shape[1]:
+        raise ShapeError(f"query vectors have d={xq.shape[1]} but gallery vectors d={xb.shape[1]}; both must "
+                         "come from the same embedding space")
+    return evaluate_ranking(rank_features(xq, xb), dataset)
+
+
+def _check_vectors(x: np.ndarray, *, rows: int, what: str, count: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] < 1:
+        raise ShapeError(f"{what} must be ({count}={rows}, d), got shape {arr.shape}; embed every "
+                         f"{'query' if count == 'nq' else 'gallery image'} of the dataset, in dataset order")
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+        raise ShapeError(f"{what} holds NaN, inf or non-numbers; the model producing them has diverged "
+                         "or the features are corrupt")
+    return np.ascontiguousarray(arr, dtype=np.float32)

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
+from asymfuse.cloud.embed import fuse_table
 from asymfuse.cloud.features.base import GlobalFeatures
+from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.features.store import new_store
 from asymfuse.cloud.features.store_reader import FeatureStore
-from asymfuse.cloud.train.aff_data import load_gallery_table
-from asymfuse.cloud.train.aff_eval import fuse_table
-from asymfuse.cloud.train.artifacts import load_mixer
+from asymfuse.cloud.models.mixers.checkpoint import load_mixer
 from asymfuse.edge.errors import ConfigError
 
 
@@ -44,7 +43,7 @@ def fuse_stores(mixer_path: str | os.PathLike[str], store_roots: Sequence[str | 
         CorruptDataError: NaN/inf in a store.
     """
     mixer, info = load_mixer(mixer_path, device=device)
-    schema = info["schema"]
+    schema = info.schema
     if len(store_roots) != len(schema.slots):
         raise ConfigError(f"the mixer fuses {len(schema.slots)} features {list(schema.names)} but "
                           f"{len(store_roots)} stores were given; pass one store per feature, in that order")
@@ -56,11 +55,12 @@ def fuse_stores(mixer_path: str | os.PathLike[str], store_roots: Sequence[str | 
             raise ConfigError(f"store for {want.name!r} was extracted by {got.extractor_id[:12]}..., the mixer "
                               f"was trained on {want.extractor_id[:12]}...; re-extract with the training extractor")
     vectors = fuse_table(mixer, table, device=device, batch_size=batch_size)
-    meta = {"embedding_space_id": info["embedding_space_id"], "gallery_schema": schema.to_dict(),
-            "query_spec": None if info["query_spec"] is None else info["query_spec"].to_dict(),
+    query = info.query_model_spec
+    meta = {"embedding_space_id": info.embedding_space_id, "gallery_schema": schema.to_dict(),
+            "query_spec": None if query is None else query.to_dict(),
             "mixer_file": os.fspath(mixer_path), "sources": [os.fspath(r) for r in store_roots]}
     with new_store(out_root, kind="global", dim=int(vectors.shape[1]), shard_size=shard_size,
-                   meta={"extractor_name": "aff_fused", "extractor_id": info["embedding_space_id"], **meta}) as w:
+                   meta={"extractor_name": "aff_fused", "extractor_id": info.embedding_space_id, **meta}) as w:
         w.append(ids, GlobalFeatures(np.ascontiguousarray(vectors, dtype=np.float32)))
     return FeatureStore.open(out_root)
 

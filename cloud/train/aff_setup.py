@@ -10,24 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from asymfuse.cloud.data.benchmark import dataset_name, open_benchmark
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.data.revisitop import load_revisitop
+from asymfuse.cloud.embed import fuse_table
+from asymfuse.cloud.features.gallery_table import GalleryTable, load_gallery_table
+from asymfuse.cloud.features.registry import FEATURE_EXTRACTORS
 from asymfuse.cloud.losses import fit_gallery_classifier
 from asymfuse.cloud.models.fusion import FusionInputs
 from asymfuse.cloud.models.mixers import create_mixer
 from asymfuse.cloud.models.query_net import QueryNet, create_query_net
 from asymfuse.cloud.train.aff_config import SINGLE_GALLERY_SCHEMES, TrainConfig
-from asymfuse.cloud.train.aff_data import (
-    GalleryTable,
-    check_training_set,
-    load_gallery_table,
-    load_training_set,
-)
-from asymfuse.cloud.train.aff_eval import fuse_table
+from asymfuse.cloud.train.aff_data import check_training_set, load_training_set
 from asymfuse.cloud.train.aff_model import AFFSystem
-from asymfuse.cloud.features.registry import FEATURE_EXTRACTORS
 from asymfuse.cloud.train.feature_cache import (
     ensure_dataset_features,
     ensure_training_features,

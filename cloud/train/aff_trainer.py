@@ -21,17 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-
 from asymfuse.cloud.device import autocast
 from asymfuse.cloud.models.checkpoint import save_query_net
 from asymfuse.cloud.models.fusion import GallerySchema
+from asymfuse.cloud.models.mixers.checkpoint import save_mixer
 from asymfuse.cloud.models.query_net import QueryNet, default_space_id
 from asymfuse.cloud.train.aff_config import RESUME_SAFE_FIELDS, SINGLE_GALLERY_SCHEMES, TrainConfig
 from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
 from asymfuse.cloud.train.aff_setup import AFFData, build_system, prepare_data
 from asymfuse.cloud.train.aff_validate import validate
-from asymfuse.cloud.train.artifacts import save_mixer
 from asymfuse.cloud.train.augment import AugmentConfig
 from asymfuse.cloud.train.distributed import (
     barrier,
@@ -46,6 +44,7 @@ from asymfuse.cloud.train.progress import JsonlLog, progress_bar
 from asymfuse.cloud.train.schedule import create_optimizer, param_groups, phased_schedule
 from asymfuse.cloud.train.space import fused_space_id, single_gallery_space_id
 from asymfuse.cloud.train.state import load_state, save_state
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 STATE_FORMAT = "asymfuse.aff_train/1"
 START_FILE = "start.pt"
@@ -275,8 +274,8 @@ class _Run(EpochRun):
             s.query_net.spec = s.query_net.spec.with_embedding_space(space)
         if self.env.is_main:
             if s.mixer is not None:
-                save_mixer(self.out / "mixer.pt", s.mixer, embedding_space_id=space,
-                           query_spec=None if s.query_net is None else s.query_net.spec,
+                save_mixer(s.mixer, self.out / "mixer.pt", embedding_space_id=space,
+                           query_model_spec=None if s.query_net is None else s.query_net.spec,
                            extra={"best_epoch": self.best["epoch"]})
             if s.query_net is not None:
                 save_query_net(s.query_net, self.out / "query_net.pt",

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from asymfuse.cloud.train.aff_data import GalleryTable
-from asymfuse.cloud.train.aff_eval import embed_images, embed_queries, evaluate_aff, fuse_table
+from asymfuse.cloud.embed import embed_images, embed_queries, fuse_table
+from asymfuse.cloud.eval.evaluate import evaluate_aff
+from asymfuse.cloud.features.gallery_table import GalleryTable
 from asymfuse.cloud.train.aff_model import AFFSystem
 from asymfuse.cloud.train.aff_setup import ValData
 

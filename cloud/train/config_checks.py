@@ -1,4 +1,4 @@
-"""Checks shared by the frozen training configs (:mod:`.aff_config`, :mod:`asymfuse.cloud.ames.train_config`).
+"""Checks shared by the frozen training configs (:mod:`.aff_config`, :mod:`asymfuse.cloud.train.ames_config`).
 
 Imports nothing heavy, so a config module stays cheap to import.
 """

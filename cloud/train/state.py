@@ -21,7 +21,10 @@ from asymfuse.edge.errors import ConfigError, CorruptDataError
 
 def rng_state() -> dict[str, Any]:
     """The global RNG states (Python, NumPy, torch CPU and CUDA if present)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "key": torch.from_numpy(np.asarray(key, dtype=np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -30,7 +33,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`'s output."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    s = state["numpy"]
+    np.random.set_state((s["name"], s["key"].numpy().astype(np.uint32), s["pos"], s["has_gauss"],
+                         s["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -52,7 +57,7 @@ def load_state(path: str | os.PathLike[str], *, fmt: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"cannot resume: {str(p)!r} does not exist; run without --resume to start fresh")
     try:
-        payload = torch.load(p, map_location="cpu", weights_only=False)
+        payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise CorruptDataError(f"{str(p)!r} is not a readable checkpoint ({exc}); delete it and "
                                "restart the run") from exc

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from asymfuse.cloud.bench.aff_bench import (
     DEFAULT_QUERY_ARCHS,
     QUICK_QUERY_ARCHS,
@@ -16,8 +15,8 @@ from asymfuse.cloud.bench.aff_bench import (
 )
 from asymfuse.cloud.bench.aff_rows import RowOutcome, clean_history, single_vectors
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
+from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.features.store import create_store_from_arrays
-from asymfuse.cloud.train.aff_data import load_gallery_table
 from asymfuse.edge.errors import ConfigError, UnknownNameError
 
 

@@ -30,7 +30,7 @@ def _local_store(root, *, n=5, length=12, dim=16, seed=0):
 def test_pack_ames_writes_the_codes_of_the_checkpoint(tmp_path, capsys):
     desc, mask = _local_store(tmp_path / "local")
     model = create_ames(local_dim=16, binary=True, seed=3, layers=1)
-    save_ames(tmp_path / "ames.pt", model)
+    save_ames(model, tmp_path / "ames.pt")
     out = tmp_path / "packed"
     assert main(["index", "pack-ames", "--ames", str(tmp_path / "ames.pt"), "--store", str(tmp_path / "local"),
                  "--max-local", "6", "--out", str(out)]) == 0
@@ -44,7 +44,7 @@ def test_pack_ames_writes_the_codes_of_the_checkpoint(tmp_path, capsys):
 
 def test_pack_ames_refuses_a_full_precision_checkpoint(tmp_path, capsys):
     _local_store(tmp_path / "local")
-    save_ames(tmp_path / "fp.pt", create_ames(local_dim=16, binary=False, layers=1))
+    save_ames(create_ames(local_dim=16, binary=False, layers=1), tmp_path / "fp.pt")
     assert main(["index", "pack-ames", "--ames", str(tmp_path / "fp.pt"), "--store", str(tmp_path / "local"),
                  "--out", str(tmp_path / "packed")]) == 2
     assert "binary" in capsys.readouterr().err

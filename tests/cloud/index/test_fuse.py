@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from asymfuse.cloud.cli.main import main
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
 from asymfuse.cloud.features.store import create_store_from_arrays
 from asymfuse.cloud.index.fuse import fuse_stores
 from asymfuse.cloud.models.fusion import FeatureSlot, FusionInputs, GallerySchema
 from asymfuse.cloud.models.mixers import create_mixer
-from asymfuse.cloud.train.artifacts import load_mixer, save_mixer
+from asymfuse.cloud.models.mixers.checkpoint import load_mixer, save_mixer
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
 
 N, GD, LD, L = 12, 10, 6, 5
@@ -39,7 +38,7 @@ def _stores(root, *, gd=GD, ids=None):
 def mixer_file(tmp_path):
     schema = GallerySchema((FeatureSlot("g", "global", GD), FeatureSlot("l", "local", LD, max_local=L)))
     mixer = create_mixer("transformer", schema=schema, dim=8, layers=1, heads=2, seed=3).eval()
-    return save_mixer(tmp_path / "mixer.pt", mixer, embedding_space_id="es-0123456789abcdef"), mixer
+    return save_mixer(mixer, tmp_path / "mixer.pt", embedding_space_id="es-0123456789abcdef"), mixer
 
 
 def test_fused_store_equals_the_mixer_run_directly(tmp_path, mixer_file):
@@ -53,7 +52,7 @@ def test_fused_store_equals_the_mixer_run_directly(tmp_path, mixer_file):
     assert store.meta["embedding_space_id"] == "es-0123456789abcdef"
     assert [s["name"] for s in store.meta["gallery_schema"]["slots"]] == ["g", "l"]
     rebuilt, info = load_mixer(path)
-    assert info["embedding_space_id"] == "es-0123456789abcdef" and info["query_spec"] is None
+    assert info.embedding_space_id == "es-0123456789abcdef" and info.query_model_spec is None
 
 
 def test_cli_fuse_with_explicit_stores(tmp_path, mixer_file, capsys):
@@ -81,5 +80,5 @@ def test_wrong_store_count_and_other_files_are_refused(tmp_path, mixer_file):
     torch.save({"format": "something else"}, bad)
     with pytest.raises(CorruptDataError, match="not an asymfuse mixer file"):
         fuse_stores(bad, roots, tmp_path / "fused")
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(CorruptDataError, match="does not exist; train one"):
         fuse_stores(tmp_path / "missing.pt", roots, tmp_path / "fused")

@@ -15,7 +15,7 @@ from asymfuse.cloud.models import (
     load_query_net,
     save_query_net,
 )
-from asymfuse.edge.errors import ConfigError, UnknownNameError
+from asymfuse.edge.errors import ConfigError, CorruptDataError, UnknownNameError
 from asymfuse.edge.preprocess import preprocess
 from asymfuse.edge.spec import ModelSpec
 
@@ -112,7 +112,8 @@ def test_checkpoint_roundtrip_keeps_weights_and_spec(tmp_path):
     net = create_query_net("shufflenet_v2_x1_0", embed_dim=32, input_size=128).eval()
     path = save_query_net(net, tmp_path / "q.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.pt"]  # no temp file left
-    back = load_query_net(path).eval()
+    back, info = load_query_net(path)
+    assert info.model_spec == net.spec
     assert back.spec == net.spec
     x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
@@ -121,7 +122,7 @@ def test_checkpoint_roundtrip_keeps_weights_and_spec(tmp_path):
 
 def test_checkpoint_without_spec_is_refused(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "plain.pt")
-    with pytest.raises(ConfigError, match="no ModelSpec"):
+    with pytest.raises(CorruptDataError, match="no ModelSpec"):
         load_query_net(tmp_path / "plain.pt")
 
 
@@ -134,7 +135,22 @@ def test_save_into_missing_folder_fails_cleanly(tmp_path):
 def test_spec_from_checkpoint_is_a_model_spec(tmp_path):
     net = create_query_net("efficientnet_lite0", embed_dim=16)
     save_query_net(net, tmp_path / "q.pt")
-    from asymfuse.cloud.models.checkpoint import read_checkpoint_spec
-    spec, state = read_checkpoint_spec(tmp_path / "q.pt")
+    from asymfuse.cloud.models.checkpoint import read_query_net_spec
+    spec = read_query_net_spec(tmp_path / "q.pt")
     assert isinstance(spec, ModelSpec) and spec.mean == (0.5, 0.5, 0.5)
-    assert np.isclose(float(state["pool.p"][0]), 3.0)
+    back, _ = load_query_net(tmp_path / "q.pt")
+    assert np.isclose(float(back.pool.p.detach()[0]), 3.0)
+
+
+def test_missing_or_mismatched_checkpoint_names_the_fix(tmp_path):
+    with pytest.raises(CorruptDataError, match="does not exist; train one"):
+        load_query_net(tmp_path / "absent.pt")
+    net = create_query_net("shufflenet_v2_x1_0", embed_dim=8)
+    state = dict(net.state_dict())
+    state.pop(next(iter(state)))
+    torch.save({"spec": net.spec.to_json(), "state_dict": state}, tmp_path / "bad.pt")
+    with pytest.raises(CorruptDataError, match="do not fit a shufflenet_v2_x1_0"):
+        load_query_net(tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CorruptDataError, match="unreadable"):
+        load_query_net(tmp_path / "junk.pt")

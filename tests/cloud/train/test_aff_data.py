@@ -6,29 +6,28 @@ import csv
 import json
 from pathlib import Path
 
+import asymfuse.cloud.features.store as store_module
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader
-
-import asymfuse.cloud.features.store as store_module
 from asymfuse.cloud.data.gldv2 import load_gldv2_train
 from asymfuse.cloud.data.records import TrainingSet
 from asymfuse.cloud.data.registry import create_dataset
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
+from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.features.store import create_store_from_arrays
 from asymfuse.cloud.train.aff_data import (
     AFFImageDataset,
     check_training_set,
     downscale_shorter_side,
-    load_gallery_table,
     load_training_set,
 )
 from asymfuse.cloud.train.augment import AugmentConfig
 from asymfuse.edge.errors import ConfigError, CorruptDataError, UnknownNameError
 from asymfuse.edge.preprocess import load_image, preprocess
 from asymfuse.edge.spec import ModelSpec
+from PIL import Image
+from torch.utils.data import DataLoader
 
 SPEC = ModelSpec(arch="t", embed_dim=8, input_size=(40, 48), embedding_space_id="es-test",
                  mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))

@@ -5,20 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from asymfuse.cloud.data.benchmark import dataset_name
 from asymfuse.cloud.data.registry import create_dataset
-from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
+from asymfuse.cloud.embed import embed_images, embed_queries, fuse_table
+from asymfuse.cloud.eval.evaluate import evaluate_aff, evaluate_ranking, rank_features
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
+from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.features.store import create_store_from_arrays
 from asymfuse.cloud.models.fusion import FusionInputs
 from asymfuse.cloud.models.query_net import create_query_net
-from asymfuse.cloud.train.aff_data import load_gallery_table
-from asymfuse.cloud.train.aff_eval import embed_images, embed_queries, evaluate_aff, fuse_table
 from asymfuse.edge.errors import ConfigError, ShapeError
 from asymfuse.edge.preprocess import load_image, preprocess
-
+from torch import nn
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
 from asymfuse.cloud.features.store import create_store_from_arrays
 from asymfuse.cloud.train.aff_config import TrainConfig
@@ -103,16 +102,16 @@ def test_mixer_only_trains_and_writes_artifacts(setup, tmp_path, start, opt):
 
 def test_joint_run_shares_one_space_id_and_another_mixer_differs(setup, tmp_path):
     from asymfuse.cloud.models.checkpoint import load_query_net
-    from asymfuse.cloud.train.artifacts import load_mixer
+    from asymfuse.cloud.models.mixers.checkpoint import load_mixer
 
     res = train_aff(_cfg(setup, epochs=1), out_dir=tmp_path / "a")
-    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "config", "spec", "mixer_config"} <= set(state)
     assert "ema.weight" in state["model"]
     _, info = load_mixer(tmp_path / "a" / "mixer.pt")
-    net = load_query_net(tmp_path / "a" / "query_net.pt")
-    assert info["embedding_space_id"] == net.spec.embedding_space_id == res.embedding_space_id
-    assert info["query_spec"].embedding_space_id == res.embedding_space_id
+    net, _ = load_query_net(tmp_path / "a" / "query_net.pt")
+    assert info.embedding_space_id == net.spec.embedding_space_id == res.embedding_space_id
+    assert info.query_model_spec.embedding_space_id == res.embedding_space_id
     other = train_aff(_cfg(setup, epochs=1, seed=1), out_dir=tmp_path / "b")
     assert other.embedding_space_id != res.embedding_space_id
 
@@ -299,13 +298,13 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-training: {proc.stderr.read()[-2000:]}"
-    assert torch.load(run / "last.pt", weights_only=False)["epoch"] < 3
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] < 3
     res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     train_aff(cfg, out_dir=tmp_path / "full")
-    resumed = torch.load(run / "last.pt", weights_only=False)
+    resumed = torch.load(run / "last.pt", weights_only=True)
     assert resumed["epoch"] == 3
-    expected = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["model"]
+    expected = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
     for prefix in ("query_net.", "mixer.", "ema.weight", "head_mix.weight"):
         keys = [k for k in expected if k.startswith(prefix)]
         assert keys, prefix

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import asymfuse.cloud.train.feature_cache as feature_cache
 import numpy as np
 import pytest
-
-import asymfuse.cloud.train.feature_cache as feature_cache
 from asymfuse.cloud.data.benchmark import dataset_name
 from asymfuse.cloud.data.registry import create_dataset
 from asymfuse.cloud.features.base import GlobalFeatures
 from asymfuse.cloud.features.extract import default_ids
+from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.features.registry import create_feature_extractor
 from asymfuse.cloud.features.store import FeatureStore, create_store_from_arrays
-from asymfuse.cloud.train.aff_data import load_gallery_table
 from asymfuse.cloud.train.feature_cache import (
     ensure_dataset_features,
     ensure_training_features,
@@ -22,7 +21,6 @@ from asymfuse.cloud.train.feature_cache import (
 )
 from asymfuse.edge.errors import ConfigError, UnknownNameError
 from asymfuse.edge.preprocess import load_image
-
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DistributedSampler
-
 from asymfuse.cloud.ames.checkpoint import load_ames, save_ames
 from asymfuse.cloud.ames.model import create_ames
-from asymfuse.cloud.ames.pairs import PairDataset, prepare_ames_data
-from asymfuse.cloud.ames.train_config import AMESTrainConfig
-from asymfuse.cloud.ames.trainer import (
+from asymfuse.cloud.train.aff_trainer import read_metrics
+from asymfuse.cloud.train.ames_config import AMESTrainConfig
+from asymfuse.cloud.train.ames_pairs import PairDataset, prepare_ames_data
+from asymfuse.cloud.train.ames_trainer import (
     ames_loss,
     build_model,
     load_teacher,
@@ -25,10 +24,10 @@ from asymfuse.cloud.ames.trainer import (
     shared_token_mse,
     train_ames,
 )
-from asymfuse.cloud.train.aff_trainer import read_metrics
 from asymfuse.edge.errors import ConfigError
+from torch.utils.data import DistributedSampler
 
-from .conftest import LD, L
+from tests.cloud.conftest import LD, L
 
 
 def _cfg(setup, **kw) -> AMESTrainConfig:
@@ -169,12 +168,12 @@ def test_shared_token_mse_is_zero_for_identical_tokens_and_ignores_padding():
 
 def test_bad_teachers_are_refused(ames_setup, teacher_path, tmp_path):
     binary = create_ames(local_dim=LD, binary=True, model_dim=16, layers=1, ffn_dim=32)
-    save_ames(tmp_path / "bin.pt", binary)
+    save_ames(binary, tmp_path / "bin.pt")
     with pytest.raises(ConfigError, match="binary AMES checkpoint but a fp one is needed"):
         train_ames(_cfg(ames_setup, binary=True, distill_teacher=str(tmp_path / "bin.pt"), val=""),
                    out_dir=tmp_path / "a")
     wrong_dim = create_ames(local_dim=LD + 8, model_dim=16, layers=1, ffn_dim=32)
-    save_ames(tmp_path / "dim.pt", wrong_dim)
+    save_ames(wrong_dim, tmp_path / "dim.pt")
     with pytest.raises(ConfigError, match=f"expects {LD + 8}-d local descriptors but the features are {LD}-d"):
         train_ames(_cfg(ames_setup, distill_teacher=str(tmp_path / "dim.pt"), val=""), out_dir=tmp_path / "b")
     with pytest.raises(ConfigError, match="model_dim is 32"):
@@ -223,8 +222,8 @@ def test_cli_trains_and_reports(ames_setup, tmp_path, capsys):
 DDP_WORKER = """
 import json, os, sys
 import torch
-from asymfuse.cloud.ames.train_config import config_from_dict
-from asymfuse.cloud.ames.trainer import train_ames
+from asymfuse.cloud.train.ames_config import config_from_dict
+from asymfuse.cloud.train.ames_trainer import train_ames
 cfg = config_from_dict(json.loads(open(sys.argv[1]).read()))
 res = train_ames(cfg, out_dir=sys.argv[2])
 torch.save({"model": res.model.state_dict(), "history": res.history, "lam": res.lam, "gamma": res.gamma},

@@ -1,6 +1,6 @@
 """``train_ames``: the AMES trainer (single process or ``torchrun`` DDP, CPU or CUDA, AMP).
 
-One call runs a whole configuration (see :mod:`asymfuse.cloud.ames.train_config`) and leaves in
+One call runs a whole configuration (see :mod:`asymfuse.cloud.train.ames_config`) and leaves in
 ``out_dir``: ``last.pt`` (full training state, for ``resume``), ``best.pt`` (the same at the best
 val epoch), ``metrics.jsonl`` and ``ames.pt`` (the best model with the lambda/gamma of its val grid
 search, loadable by :func:`asymfuse.cloud.ames.checkpoint.load_ames`). Only rank 0 writes.
@@ -14,7 +14,7 @@ slots. Per pair it is the mean over those positions and the ``model_dim`` channe
 value is the mean over pairs (so it splits exactly across DDP ranks).
 
 Reproducibility: the pairs of an epoch are a function of (seed, epoch, anchor), the lengths of a
-step of (seed, epoch, step) (:mod:`asymfuse.cloud.ames.pairs`), and the sampler's permutation of
+step of (seed, epoch, step) (:mod:`asymfuse.cloud.train.ames_pairs`), and the sampler's permutation of
 (seed, epoch), so a resumed run, or one with N ranks and the same global batch, sees the same
 batches as an uninterrupted single-process run.
 """
@@ -29,13 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
-
 from asymfuse.cloud.ames.checkpoint import DEFAULT_GAMMA, DEFAULT_LAM, load_ames, save_ames
 from asymfuse.cloud.ames.model import AMES, create_ames
-from asymfuse.cloud.ames.pairs import AMESData, BatchLengths, PairDataset, TrainingLocals, prepare_ames_data
-from asymfuse.cloud.ames.train_config import RESUME_SAFE_FIELDS, AMESTrainConfig
 from asymfuse.cloud.device import autocast
+from asymfuse.cloud.train.ames_config import RESUME_SAFE_FIELDS, AMESTrainConfig
+from asymfuse.cloud.train.ames_pairs import AMESData, BatchLengths, PairDataset, TrainingLocals, prepare_ames_data
 from asymfuse.cloud.train.distributed import (
     barrier,
     broadcast_object,
@@ -48,6 +46,7 @@ from asymfuse.cloud.train.epoch_run import EpochRun
 from asymfuse.cloud.train.progress import JsonlLog, progress_bar
 from asymfuse.cloud.train.schedule import create_optimizer, param_groups, phased_schedule
 from asymfuse.edge.errors import ConfigError
+from torch.utils.data import DataLoader, DistributedSampler
 
 STATE_FORMAT = "asymfuse.ames_train/1"
 
@@ -312,7 +311,7 @@ class _Run(EpochRun):
                      "distill_teacher": cfg.distill_teacher or None, "teacher_lq": cfg.teacher_lq,
                      "teacher_lx": cfg.teacher_lx, "global_feature": cfg.global_store or cfg.global_feature,
                      "val_metrics": dict(best["val"]), "train_config": cfg.to_dict()}
-            save_ames(path, model, lam=best["lam"], gamma=best["gamma"], local_feature=cfg.local_feature, extra=extra)
+            save_ames(model, path, lam=best["lam"], gamma=best["gamma"], local_feature=cfg.local_feature, extra=extra)
             log.write({"event": "ensemble", "best_epoch": best["epoch"], "lam": best["lam"], "gamma": best["gamma"]})
         return AMESTrainResult(config=cfg, out_dir=self.out, model=model, history=self.history,
                                best_epoch=int(best["epoch"]), checkpoint=path, lam=float(best["lam"]),

@@ -27,14 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
-from asymfuse.cloud.ames.train_config import AMESTrainConfig
 from asymfuse.cloud.data.benchmark import dataset_name, open_benchmark
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.data.revisitop import load_revisitop
+from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.index.flat import search
-from asymfuse.cloud.train.aff_data import load_gallery_table, load_training_set
+from asymfuse.cloud.train.aff_data import load_training_set
+from asymfuse.cloud.train.ames_config import AMESTrainConfig
 from asymfuse.cloud.train.feature_cache import (
     TRAIN_PART,
     ensure_dataset_features,
@@ -44,6 +43,7 @@ from asymfuse.cloud.train.feature_cache import (
 )
 from asymfuse.cloud.train.start_views import crop_views, views_part
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
+from torch.utils.data import Dataset
 
 _LENGTH_STREAM = 1  # last entry of the seed sequence of the length draws
 VIEW_CROP_SCALE_MIN = 0.35  # area fraction of the smallest crop view (train_views)

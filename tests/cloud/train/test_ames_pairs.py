@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from asymfuse.cloud.ames.pairs import (
+from asymfuse.cloud.train.ames_config import AMESTrainConfig
+from asymfuse.cloud.train.ames_pairs import (
     BatchLengths,
     PairDataset,
     PairSampler,
@@ -15,10 +15,9 @@ from asymfuse.cloud.ames.pairs import (
     global_rows,
     prepare_ames_data,
 )
-from asymfuse.cloud.ames.train_config import AMESTrainConfig
 from asymfuse.edge.errors import ConfigError, CorruptDataError
 
-from .conftest import GD, LD, instance_of
+from tests.cloud.conftest import GD, LD, instance_of
 
 
 def _brute_knn(x: np.ndarray, k: int) -> np.ndarray:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from asymfuse.cloud.ames.train_config import RESUME_SAFE_FIELDS, AMESTrainConfig, config_from_dict
+from asymfuse.cloud.train.ames_config import RESUME_SAFE_FIELDS, AMESTrainConfig, config_from_dict
 from asymfuse.edge.errors import ConfigError
 
 

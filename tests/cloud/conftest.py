@@ -1,4 +1,4 @@
-"""Shared fixtures of the AMES training tests: the small real-photo benchmark of the AFF training
+"""Shared fixtures of the AMES tests (serving in ames/, training in train/): the small real-photo benchmark of the AFF training
 tests, plus synthetic label-correlated feature stores dropped into the feature cache (the
 "existing store wins" rule), so no extractor runs."""
 
@@ -8,7 +8,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
 from asymfuse.cloud.features.store import create_store_from_arrays
@@ -70,9 +69,9 @@ def write_store(root, ids, kind: str, *, seed: int) -> None:
 def ames_setup(tmp_path_factory, small_bench):
     """``(benchmark, features_dir)`` with ``syn_g`` (global) and ``syn_l`` (local) stores for the
     train split and the val split (gallery and queries)."""
-    from asymfuse.cloud.ames.pairs import load_val_dataset
-    from asymfuse.cloud.ames.train_config import AMESTrainConfig
     from asymfuse.cloud.train.aff_data import load_training_set
+    from asymfuse.cloud.train.ames_config import AMESTrainConfig
+    from asymfuse.cloud.train.ames_pairs import load_val_dataset
     from asymfuse.cloud.train.feature_cache import training_ids
 
     feats = tmp_path_factory.mktemp("ames") / "features"

@@ -1,6 +1,8 @@
-"""Evaluation helpers of AFF training: query embeddings, fused gallery vectors, retrieval metrics.
+"""Embedding with torch models: query-net vectors of images and queries, fused gallery vectors of a table.
 
-Both networks run under ``torch.inference_mode`` in eval mode; their previous train/eval mode is
+The one place a query net or a mixer is run over many inputs (training validation, ``index fuse``,
+the ``query_net`` extractor, the demo and the benchmarks). Both networks run under
+``torch.inference_mode`` in eval mode; their previous train/eval mode is
 restored afterwards, so these helpers can be called in the middle of a training loop.
 """
 
@@ -9,15 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from asymfuse.cloud.data.records import RetrievalDataset
-from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
-from asymfuse.cloud.train.aff_data import GalleryTable
+from asymfuse.cloud.features.gallery_table import GalleryTable
 from asymfuse.edge.errors import ConfigError, ShapeError
 from asymfuse.edge.preprocess import load_image, preprocess
 from asymfuse.edge.spec import ModelSpec
@@ -88,30 +88,6 @@ def fuse_table(mixer: nn.Module, table: GalleryTable, *, device: str | torch.dev
     return _stack(chunks)
 
 
-def evaluate_aff(*, dataset: RetrievalDataset, query_vectors: np.ndarray,
-                 gallery_vectors: np.ndarray) -> dict[str, Any]:
-    """Rank the gallery by inner product for every query and score it with the dataset's protocol.
-
-    Args:
-        query_vectors: ``(nq, d)`` float, unit-norm for cosine similarity.
-        gallery_vectors: ``(nb, d)`` float, same space and dimension.
-
-    Returns:
-        The metrics of :func:`asymfuse.cloud.eval.evaluate.evaluate_ranking`, in percent (e.g.
-        ``mAP_easy``, ``mAP_medium``, ``mAP_hard``, ``mP@k_<setting>`` for revisitop).
-
-    Raises:
-        ShapeError: a matrix is not 2-D, its row count differs from the dataset's ``nq`` / ``nb``,
-            the dimensions differ, or it holds NaN/inf.
-    """
-    xq = _check_vectors(query_vectors, rows=dataset.nq, what="query_vectors", count="nq")
-    xb = _check_vectors(gallery_vectors, rows=dataset.nb, what="gallery_vectors", count="nb")
-    if xq.shape[1] != xb.shape[1]:
-        raise ShapeError(f"query vectors have d={xq.shape[1]} but gallery vectors d={xb.shape[1]}; both must "
-                         "come from the same embedding space")
-    return evaluate_ranking(rank_features(xq, xb), dataset)
-
-
 # ---------------------------------------------------------------- internals
 
 def _embed(net: nn.Module, n: int, load: Callable[[int], np.ndarray], *, device: str | torch.device,
@@ -170,14 +146,3 @@ def _stack(chunks: list[np.ndarray]) -> np.ndarray:
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-
-
-def _check_vectors(x: np.ndarray, *, rows: int, what: str, count: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.ndim != 2 or arr.shape[0] != rows or arr.shape[1] < 1:
-        raise ShapeError(f"{what} must be ({count}={rows}, d), got shape {arr.shape}; embed every "
-                         f"{'query' if count == 'nq' else 'gallery image'} of the dataset, in dataset order")
-    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-        raise ShapeError(f"{what} holds NaN, inf or non-numbers; the model producing them has diverged "
-                         "or the features are corrupt")
-    return np.ascontiguousarray(arr, dtype=np.float32)
