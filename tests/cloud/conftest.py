@@ -1,5 +1,5 @@
-"""Shared fixtures of the AMES tests (serving in ames/, training in train/): the small real-photo benchmark of the AFF training
-tests, plus synthetic label-correlated feature stores dropped into the feature cache (the
+"""Shared fixtures of the AMES tests (serving in ames/, training in train/): the small real-photo
+benchmark of the AFF training tests, plus synthetic label-correlated feature stores dropped into the feature cache (the
 "existing store wins" rule), so no extractor runs."""
 
 from __future__ import annotations
