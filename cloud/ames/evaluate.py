@@ -10,11 +10,13 @@ scores every query's global top-``m`` with AMES (batched over queries,
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from asymfuse.cloud.ames.ensemble import check_weights, reranked_ranks, rerank_rows, select_ensemble
+from asymfuse.cloud.ames.ensemble import reranked_ranks, rerank_rows, select_ensemble
+from asymfuse.cloud.ames.options import RerankOptions
 from asymfuse.cloud.ames.scorer import AMESScorer
 from asymfuse.cloud.ames.sources import ArrayLocals, GalleryLocals
 from asymfuse.cloud.data.records import RetrievalDataset
@@ -22,13 +24,13 @@ from asymfuse.cloud.eval.evaluate import evaluate_ranking
 from asymfuse.cloud.index.flat import search
 from asymfuse.edge.errors import ConfigError, ShapeError
 
-__all__ = ["evaluate_ames", "select_ensemble"]
+__all__ = ["AMESEvaluation", "evaluate_ames", "select_ensemble"]
 
 
-def _check_sizes(dataset: RetrievalDataset, global_q: np.ndarray, global_x: np.ndarray, query_locals: ArrayLocals,
+def _check_sizes(dataset: RetrievalDataset, xq: np.ndarray, xb: np.ndarray, query_locals: ArrayLocals,
                  gallery: GalleryLocals) -> None:
-    sizes = {"global_q": (np.shape(global_q)[0], dataset.nq), "query_locals": (len(query_locals), dataset.nq),
-             "global_x": (np.shape(global_x)[0], dataset.nb), "gallery": (len(gallery), dataset.nb)}
+    sizes = {"xq": (np.shape(xq)[0], dataset.nq), "query_locals": (len(query_locals), dataset.nq),
+             "xb": (np.shape(xb)[0], dataset.nb), "gallery": (len(gallery), dataset.nb)}
     bad = {k: v[0] for k, v in sizes.items() if v[0] != v[1]}
     if bad:
         raise ShapeError(f"{bad} do not match {dataset.name} ({dataset.nq} queries, {dataset.nb} gallery images); "
@@ -64,43 +66,61 @@ def ames_logits(*, scorer: AMESScorer, query_locals: ArrayLocals, gallery: Galle
     return logits
 
 
-def evaluate_ames(*, dataset: RetrievalDataset, global_q: np.ndarray, global_x: np.ndarray,
-                  query_locals: ArrayLocals, gallery: GalleryLocals, scorer: AMESScorer, top_m: int = 100,
-                  lam: float, gamma: float, lq: int | None = None, lx: int | None = None) -> dict[str, Any]:
-    """Global search, then AMES re-ranking of each query's top-``top_m``, with metrics of both.
+@dataclass(frozen=True)
+class AMESEvaluation:
+    """What :func:`evaluate_ames` measured on one split.
+
+    Attributes:
+        global_metrics, ames_metrics: metrics of :func:`evaluate_ranking` (percent) before and
+            after re-ranking.
+        global_scores: ``(nq, m)`` float32 global similarities of each query's top-m.
+        topm: ``(nq, m)`` int64 their gallery indices.
+        logits: ``(nq, m)`` float32 AMES logits (NaN: a side had no local descriptors).
+        ranks, ames_ranks: ``(nb, nq)`` int64 global and re-ranked rankings (revisitop layout).
+        options: the options used, ``top_m`` clipped to ``nb``.
+    """
+
+    global_metrics: dict[str, Any]
+    ames_metrics: dict[str, Any]
+    global_scores: np.ndarray
+    topm: np.ndarray
+    logits: np.ndarray
+    ranks: np.ndarray
+    ames_ranks: np.ndarray
+    options: RerankOptions
+
+
+def evaluate_ames(*, dataset: RetrievalDataset, xq: np.ndarray, xb: np.ndarray, query_locals: ArrayLocals,
+                  gallery: GalleryLocals, scorer: AMESScorer, options: RerankOptions) -> AMESEvaluation:
+    """Global search, then AMES re-ranking of each query's top-``options.top_m``, with metrics of both.
 
     Args:
         dataset: the split (its ``nq`` queries and ``nb`` gallery images, ground truth).
-        global_q: ``(nq, D)`` float32 query global descriptors; global_x: ``(nb, D)`` gallery
-            ones (unit-norm for cosine similarity).
+        xq: ``(nq, d)`` float32 query global vectors; xb: ``(nb, d)`` gallery ones (unit-norm for
+            cosine similarity).
         query_locals: the queries' float local descriptors (row ``i`` = query ``i``).
         gallery: the gallery's local descriptors (row ``j`` = gallery image ``j``), e.g. an
             :class:`ArrayLocals` or a packed binary store.
-        scorer: the AMES scorer; top_m: re-ranking depth (clipped to ``nb``).
-        lam, gamma: ensemble weights; lq, lx: descriptor budgets (None: all).
-
-    Returns:
-        ``{"global": metrics, "ames": metrics, "global_scores": (nq, m) float32, "topm": (nq, m)
-        int64, "logits": (nq, m) float32 (NaN: no local descriptors), "ranks": (nb, nq) int64
-        global ranking (revisitop layout), "ames_ranks": (nb, nq) int64 re-ranked, "lam", "gamma",
-        "top_m": m}``; metrics as :func:`evaluate_ranking` (percent).
+        scorer: the AMES scorer; options: depth (``top_m`` >= 1, clipped to ``nb``), λ/γ, budgets.
 
     Raises:
         ShapeError: sizes that do not match the dataset, descriptor dimension mismatches, NaN/inf
             global features.
         CorruptDataError: NaN/inf query local descriptors.
-        ConfigError: bad ``top_m``, ``lam``, ``gamma``, ``lq`` or ``lx``.
+        ConfigError: ``options.top_m`` is 0, or ``options`` is not a :class:`RerankOptions`.
     """
-    if not isinstance(top_m, (int, np.integer)) or isinstance(top_m, bool) or top_m < 1:
-        raise ConfigError(f"top_m={top_m!r} must be a positive int (how many global results AMES re-ranks)")
-    lam, gamma = check_weights(lam, gamma)
-    _check_sizes(dataset, global_q, global_x, query_locals, gallery)
-    D, I = search(global_q, global_x, k=dataset.nb)
+    if not isinstance(options, RerankOptions):
+        raise ConfigError(f"options must be a RerankOptions, got {type(options).__name__}")
+    if options.top_m < 1:
+        raise ConfigError("options.top_m must be >= 1 (how many global results AMES re-ranks)")
+    _check_sizes(dataset, xq, xb, query_locals, gallery)
+    D, I = search(xq, xb, k=dataset.nb)
     ranks = np.ascontiguousarray(I.T.astype(np.int64))
-    m = min(int(top_m), dataset.nb)
+    m = min(options.top_m, dataset.nb)
     topm, global_scores = np.ascontiguousarray(I[:, :m].astype(np.int64)), np.ascontiguousarray(D[:, :m])
-    logits = ames_logits(scorer=scorer, query_locals=query_locals, gallery=gallery, topm=topm, lq=lq, lx=lx)
-    ames_ranks = reranked_ranks(rerank_rows(topm, global_scores, logits, lam=lam, gamma=gamma), ranks)
-    return {"global": evaluate_ranking(ranks, dataset), "ames": evaluate_ranking(ames_ranks, dataset),
-            "global_scores": global_scores, "topm": topm, "logits": logits, "ranks": ranks, "ames_ranks": ames_ranks,
-            "lam": lam, "gamma": gamma, "top_m": m}
+    logits = ames_logits(scorer=scorer, query_locals=query_locals, gallery=gallery, topm=topm, lq=options.lq,
+                         lx=options.lx)
+    ames_ranks = reranked_ranks(rerank_rows(topm, global_scores, logits, lam=options.lam, gamma=options.gamma), ranks)
+    return AMESEvaluation(global_metrics=evaluate_ranking(ranks, dataset),
+                          ames_metrics=evaluate_ranking(ames_ranks, dataset), global_scores=global_scores, topm=topm,
+                          logits=logits, ranks=ranks, ames_ranks=ames_ranks, options=replace(options, top_m=m))

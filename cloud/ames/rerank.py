@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from asymfuse.cloud.ames.ensemble import check_weights, combine, ensemble_scores
+from asymfuse.cloud.ames.ensemble import combine, ensemble_scores
+from asymfuse.cloud.ames.options import RerankOptions
 from asymfuse.cloud.ames.scorer import AMESScorer
 from asymfuse.cloud.ames.sources import GalleryLocals
 from asymfuse.edge.errors import ConfigError, ShapeError
 
-__all__ = ["RerankResult", "combine", "rerank"]
+__all__ = ["RerankOptions", "RerankResult", "combine", "rerank"]
 
 
 @dataclass(frozen=True)
@@ -59,30 +60,28 @@ def _check_candidates(candidates: Sequence[int] | np.ndarray, global_scores: Seq
     return ids.astype(np.int64), g
 
 
-def _query_arrays(query_locals: np.ndarray | torch.Tensor, query_mask: np.ndarray | torch.Tensor | None
+def _query_arrays(query_locals: np.ndarray | torch.Tensor, q_pad: np.ndarray | torch.Tensor | None
                   ) -> tuple[np.ndarray, np.ndarray]:
     q = query_locals.detach().cpu().numpy() if isinstance(query_locals, torch.Tensor) else np.asarray(query_locals)
-    if query_mask is None:
+    if q_pad is None:
         return q, np.zeros(q.shape[:1], dtype=bool)
-    mask = query_mask.detach().cpu().numpy() if isinstance(query_mask, torch.Tensor) else np.asarray(query_mask)
-    return q, mask
+    pad = q_pad.detach().cpu().numpy() if isinstance(q_pad, torch.Tensor) else np.asarray(q_pad)
+    return q, pad
 
 
 def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | np.ndarray,
-           global_scores: Sequence[float] | np.ndarray, *, top_m: int, lam: float, gamma: float,
-           scorer: AMESScorer, gallery: GalleryLocals, query_mask: np.ndarray | torch.Tensor | None = None,
-           lq: int | None = None, lx: int | None = None) -> RerankResult:
+           global_scores: Sequence[float] | np.ndarray, *, options: RerankOptions, scorer: AMESScorer,
+           gallery: GalleryLocals, q_pad: np.ndarray | torch.Tensor | None = None) -> RerankResult:
     """Re-rank a query's global candidates with AMES (see the module docstring).
 
     Args:
         query_locals: ``(Lq, local_dim)`` float query descriptors (any norm), slots in detector order.
         candidates: ``(n,)`` int gallery indices into ``gallery`` (any order).
         global_scores: ``(n,)`` their global similarities.
-        top_m: how many of the best global candidates AMES re-scores (0: none).
-        lam, gamma: ensemble weights, ``s = lam * g + (1 - lam) * sigmoid(gamma * logit)``.
+        options: depth ``top_m``, ensemble ``lam``/``gamma`` and descriptor budgets ``lq``/``lx``
+            (:meth:`RerankOptions.from_info` takes λ/γ from the checkpoint).
         scorer: the AMES scorer; gallery: the candidates' local descriptors.
-        query_mask: ``(Lq,)`` bool, True = padding (None: all valid).
-        lq, lx: keep only the first ``lq`` query / ``lx`` gallery descriptors.
+        q_pad: ``(Lq,)`` bool, True = padding (None: all valid).
 
     Returns:
         :class:`RerankResult`.
@@ -91,34 +90,33 @@ def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | 
         ShapeError: descriptor dimension other than the checkpoint's (the message names the fix),
             bad shapes, or NaN/inf global scores.
         CorruptDataError: NaN/inf in a valid query descriptor.
-        ConfigError: bad ``top_m``, ``lam``, ``gamma``, ``lq``, ``lx`` or candidate indices.
+        ConfigError: ``options`` is not a :class:`RerankOptions`, or bad candidate indices.
     """
-    if not isinstance(top_m, (int, np.integer)) or isinstance(top_m, bool) or top_m < 0:
-        raise ConfigError(f"top_m={top_m!r} must be an int >= 0 (how many candidates to re-rank)")
-    check_weights(lam, gamma)
+    if not isinstance(options, RerankOptions):
+        raise ConfigError(f"options must be a RerankOptions, got {type(options).__name__}")
     ids, g = _check_candidates(candidates, global_scores)
     order = np.argsort(-g, kind="stable")
     ids, g = ids[order], g[order]
-    m = min(int(top_m), ids.size)
-    q, mask = _query_arrays(query_locals, query_mask)
+    m = min(options.top_m, ids.size)
+    q, mask = _query_arrays(query_locals, q_pad)
     local_dim = scorer.model.cfg.local_dim
     if q.ndim != 2 or q.shape[1] != local_dim:
         raise ShapeError(f"query local descriptors must be (Lq, {local_dim}) for this AMES checkpoint, got "
                          f"{q.shape}; extract them with the local feature the checkpoint was trained on")
     if mask.shape != q.shape[:1] or mask.dtype != np.bool_:
-        raise ShapeError(f"query_mask must be bool ({q.shape[0]},) (True = padding), got {mask.dtype} {mask.shape}")
+        raise ShapeError(f"q_pad must be bool ({q.shape[0]},) (True = padding), got {mask.dtype} {mask.shape}")
     if m == 0 or not (~mask).any():
         if m:
             warnings.warn("the query has no local descriptors; AMES cannot re-rank it, the global order stands",
                           stacklevel=2)
         return RerankResult(ids=ids, scores=g, logits=np.zeros(0, np.float32), num_reranked=0)
-    logits = scorer.score(q, mask, gallery, ids[:m], lq=lq, lx=lx)
+    logits = scorer.score(q, mask, gallery, ids[:m], lq=options.lq, lx=options.lx)
     empty = gallery.counts(ids[:m]) == 0
     if empty.any():
         warnings.warn(f"{int(empty.sum())} of the top-{m} candidates have no local descriptors; their global "
                       "score stands as their re-ranking score", stacklevel=2)
         logits = np.where(empty, np.float32(np.nan), logits)
-    s = ensemble_scores(g[:m], logits, lam=lam, gamma=gamma)
+    s = ensemble_scores(g[:m], logits, lam=options.lam, gamma=options.gamma)
     head = np.argsort(-s, kind="stable")
     return RerankResult(ids=np.concatenate([ids[:m][head], ids[m:]]), scores=np.concatenate([s[head], g[m:]]),
                         logits=logits[head].astype(np.float32), num_reranked=m)

@@ -227,7 +227,7 @@ def _prepare(cfg: AFFBenchConfig, out: Path) -> BenchContext:
 
 def _kind(ctx: BenchContext, name: str) -> str:
     from asymfuse.cloud.features.store import FeatureStore
-    from asymfuse.cloud.train.feature_cache import store_path
+    from asymfuse.cloud.features.layout import store_path
 
     with FeatureStore.open(store_path(ctx.features_dir, name, "train"), verify="none") as store:
         return store.kind

@@ -27,7 +27,8 @@ from asymfuse.cloud.eval.evaluate import evaluate_aff
 from asymfuse.cloud.features.gallery_table import GalleryTable, load_gallery_table
 from asymfuse.cloud.models.mixers import create_mixer, masked_mean_pool
 from asymfuse.cloud.train.aff_config import TrainConfig
-from asymfuse.cloud.train.feature_cache import store_path, training_ids
+from asymfuse.cloud.features.layout import store_path
+from asymfuse.cloud.train.feature_cache import training_ids
 from asymfuse.edge.errors import ConfigError
 
 HISTORY_SKIP = ("step_losses",)

@@ -64,7 +64,7 @@ class AMESContext:
         return self.val if part == "val" else self.test
 
     def store(self, name: str, part: str, side: str = "gallery") -> Path:
-        from asymfuse.cloud.train.feature_cache import store_path
+        from asymfuse.cloud.features.layout import store_path
 
         return store_path(self.features_dir, name, part, side)
 

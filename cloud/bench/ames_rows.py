@@ -106,9 +106,10 @@ GlobalsFn = Callable[[str], tuple[np.ndarray, np.ndarray]]
 
 
 def rerank_split(ctx: AMESContext, model: Any, *, key: str, local: str, part: str, lq: int, lx: int, lam: float,
-                 gamma: float, globals_fn: GlobalsFn | None = None) -> tuple[dict[str, Any], float]:
+                 gamma: float, globals_fn: GlobalsFn | None = None) -> tuple[Any, float]:
     """``evaluate_ames`` of ``part`` and the wall ms per query it took."""
     from asymfuse.cloud.ames.evaluate import evaluate_ames
+    from asymfuse.cloud.ames.options import RerankOptions
     from asymfuse.cloud.ames.scorer import AMESScorer
 
     xq, xb = (globals_fn or ctx.globals)(part)
@@ -116,8 +117,9 @@ def rerank_split(ctx: AMESContext, model: Any, *, key: str, local: str, part: st
     queries = ctx.locals(local, part, "queries")
     scorer = AMESScorer(model, device=ctx.cfg.device)
     t0 = time.perf_counter()
-    res = evaluate_ames(dataset=ctx.dataset(part), global_q=xq, global_x=xb, query_locals=queries, gallery=gallery,
-                        scorer=scorer, top_m=ctx.cfg.top_m, lam=lam, gamma=gamma, lq=lq, lx=lx)
+    options = RerankOptions(top_m=ctx.cfg.top_m, lam=lam, gamma=gamma, lq=lq, lx=lx)
+    res = evaluate_ames(dataset=ctx.dataset(part), xq=xq, xb=xb, query_locals=queries, gallery=gallery,
+                        scorer=scorer, options=options)
     return res, 1000.0 * (time.perf_counter() - t0) / max(1, ctx.dataset(part).nq)
 
 
@@ -128,8 +130,8 @@ def select_on_val(ctx: AMESContext, model: Any, *, key: str, local: str, lq: int
 
     res, _ = rerank_split(ctx, model, key=key, local=local, part="val", lq=lq, lx=lx, lam=0.5, gamma=1.0,
                           globals_fn=globals_fn)
-    lam, gamma, _ = select_ensemble(dataset=ctx.val, global_scores=res["global_scores"], topm=res["topm"],
-                                    logits=res["logits"], full_ranks=res["ranks"])
+    lam, gamma, _ = select_ensemble(dataset=ctx.val, global_scores=res.global_scores, topm=res.topm,
+                                    logits=res.logits, full_ranks=res.ranks)
     return float(lam), float(gamma)
 
 
@@ -178,7 +180,7 @@ def quality_row(ctx: AMESContext, *, local: str, variant: str) -> AMESRow:
     history = tuple({k: h[k] for k in HISTORY_KEYS if k in h} for h in res.history)
     notes = (f"trained {res.runtime_s:.0f} s ({len(res.history)} epochs); {ms:.0f} ms/query; "
              f"{_real_lengths(ctx, local, lq=c.lq, lx=c.lx)}")
-    return _row("quality", VARIANT_ROWS[variant], _settings(ctx)[variant], local, test["ames"], lq=c.lq, lx=c.lx,
+    return _row("quality", VARIANT_ROWS[variant], _settings(ctx)[variant], local, test.ames_metrics, lq=c.lq, lx=c.lx,
                 bytes_per_image=float(image_bytes(global_bytes=xb_bytes, lx=c.lx, bytes_per_descriptor=per_desc)),
                 ms_per_query=ms, lam=lam, gamma=gamma, notes=notes, history=history)
 
@@ -205,7 +207,8 @@ def memory_row(ctx: AMESContext, *, local: str, lx: int) -> AMESRow:
     packed = gallery_of(ctx, res.model, key=key, local=local, part="test")
     counts = packed.counts(np.arange(len(packed)))
     return _row("memory", f"PQ{c.pq_m} + {lx}", f"PQ code + {lx} binary descriptors ({VARIANT_ROWS[variant]})",
-                local, test["ames"], lq=c.lq, lx=lx, bytes_per_image=float(image_bytes(global_bytes=nbytes, lx=lx)),
+                local, test.ames_metrics, lq=c.lq, lx=lx,
+                bytes_per_image=float(image_bytes(global_bytes=nbytes, lx=lx)),
                 bytes_mean=mean_image_bytes(global_bytes=nbytes, counts=counts, lx=lx), ms_per_query=ms, lam=lam,
                 gamma=gamma, notes=f"L_q = {c.lq}; λ/γ of its quality row; {ms:.0f} ms/query")
 
@@ -217,7 +220,7 @@ def asymmetry_row(ctx: AMESContext, *, local: str, lq: int, lx: int) -> AMESRow:
     lam, gamma = quality_weights(ctx, res.model, key=key, local=local)
     test, ms = rerank_split(ctx, res.model, key=key, local=local, part="test", lq=lq, lx=lx, lam=lam, gamma=gamma)
     return _row("asymmetry", f"L_q={lq}, L_x={lx}", f"{VARIANT_ROWS[variant]}, λ/γ of its quality row", local,
-                test["ames"], lq=lq, lx=lx, ms_per_query=ms, lam=lam, gamma=gamma,
+                test.ames_metrics, lq=lq, lx=lx, ms_per_query=ms, lam=lam, gamma=gamma,
                 notes=_real_lengths(ctx, local, lq=lq, lx=lx))
 
 

@@ -32,6 +32,7 @@ from PIL import Image
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.features.base import GlobalFeatures
 from asymfuse.cloud.features.extract import default_ids, ids_digest
+from asymfuse.cloud.features.layout import store_path
 from asymfuse.cloud.features.store import FeatureStore, create_store_from_arrays
 from asymfuse.cloud.features.store_format import MANIFEST
 from asymfuse.edge.errors import ConfigError, CorruptDataError, unknown_name
@@ -195,14 +196,14 @@ def write_noise_features(*, features_dir: str | os.PathLike[str], training_set: 
         if training_set is not None:
             paths = list(training_set.paths)
             roots["train/gallery"] = write_noise_store(
-                name, base / name / "train" / "gallery", ids=default_ids(paths),
+                name, store_path(base, name, "train", "gallery"), ids=default_ids(paths),
                 load=lambda i, p=paths: load_image(p[i]), cfg=cfg,
                 meta={"dataset": training_set.name, "part": "gallery"})
         for part, ds in datasets.items():
             for side, ids, load in (("gallery", ds.gallery_ids, ds.load_gallery_image),
                                     ("queries", ds.query_ids, ds.load_query_image)):
                 roots[f"{part}/{side}"] = write_noise_store(
-                    name, base / name / part / side, ids=ids, load=load, cfg=cfg,
+                    name, store_path(base, name, part, side), ids=ids, load=load, cfg=cfg,
                     meta={"dataset": ds.name, "part": side})
         out[name] = roots
     return out

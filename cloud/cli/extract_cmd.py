@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(dataset, RetrievalDataset):
         raise ConfigError(f"dataset {args.dataset!r} is a training set; extract needs a retrieval dataset")
     with create_feature_extractor(args.extractor, device=args.device, **parse_options(args.option)) as ex:
-        stores = extract_dataset(ex, dataset, args.out, parts=tuple(args.parts.split(",")),
+        stores = extract_dataset(ex, dataset, args.out, sides=tuple(args.parts.split(",")),
                                  batch_size=args.batch_size, resume=not args.no_resume)
     for part, store in stores.items():
         print(f"{part}: {len(store)} items, {store.kind} dim {store.dim} -> {store.root}")

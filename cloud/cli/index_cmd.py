@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--stores", nargs="+", help="one feature store per mixer input, in the mixer's order")
     src.add_argument("--features-dir", help="feature cache laid out as <dir>/<feature>/<part>/<gallery|queries>")
     f.add_argument("--part", default="test", help="with --features-dir: the dataset part (default: test)")
-    f.add_argument("--which", choices=("gallery", "queries"), default="gallery")
+    f.add_argument("--side", "--which", dest="side", choices=("gallery", "queries"), default="gallery",
+                   help="which side of the dataset to fuse (default gallery)")
     f.add_argument("--out", required=True, help="output store folder (must not exist)")
     f.add_argument("--device", default="cpu")
     f.add_argument("--batch-size", type=int, default=256)
@@ -38,7 +39,7 @@ def run_fuse(args: argparse.Namespace) -> int:
     if roots is None:
         _, info = load_mixer(args.mixer)
         roots = store_roots_for(info.schema.names, features_dir=args.features_dir, part=args.part,
-                                which=args.which)
+                                side=args.side)
     store = fuse_stores(args.mixer, roots, args.out, device=args.device, batch_size=args.batch_size)
     print(f"fused {len(store)} items -> {args.out} (dim {store.dim}, space "
           f"{store.meta.get('embedding_space_id')})")

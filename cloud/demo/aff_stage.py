@@ -20,6 +20,7 @@ from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.embed import embed_queries, fuse_table
 from asymfuse.cloud.eval.evaluate import evaluate_aff
 from asymfuse.cloud.features.gallery_table import load_gallery_table
+from asymfuse.cloud.features.layout import store_path
 from asymfuse.cloud.train.aff_config import TrainConfig
 from asymfuse.cloud.train.aff_trainer import start_models, train_aff
 from asymfuse.cloud.train.feature_cache import ensure_dataset_features
@@ -39,7 +40,7 @@ def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) ->
     feats = Path(cfg.features_dir)
     for name in cfg.gallery_features:
         ensure_dataset_features(name, test, features_dir=feats, part="test", device=cfg.device, progress=cfg.progress)
-    tables = {side: load_gallery_table([feats / n / "test" / side for n in cfg.gallery_features],
+    tables = {side: load_gallery_table([store_path(feats, n, "test", side) for n in cfg.gallery_features],
                                        ids=list(test.gallery_ids if side == "gallery" else test.query_ids),
                                        local_tokens=cfg.local_tokens) for side in ("gallery", "queries")}
     fused = "AFF(" + " + ".join(cfg.gallery_features) + ")"

@@ -19,6 +19,7 @@ search's own row. The run folder is ``<out>/ames``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ def aff_searches(aff_cfg: TrainConfig, aff_info: Mapping[str, Any], *,
     """
     from asymfuse.cloud.embed import embed_queries, fuse_table
     from asymfuse.cloud.features.gallery_table import load_gallery_table
+    from asymfuse.cloud.features.layout import store_path
     from asymfuse.cloud.models.checkpoint import load_query_net
     from asymfuse.cloud.models.mixers.checkpoint import load_mixer
 
@@ -80,7 +82,7 @@ def aff_searches(aff_cfg: TrainConfig, aff_info: Mapping[str, Any], *,
     sym, asym = aff_labels(aff_cfg)
     out: dict[str, dict[str, Vectors]] = {sym: {}, asym: {}}
     for part, ds in splits.items():
-        tables = {side: load_gallery_table([feats / n / part / side for n in aff_cfg.gallery_features],
+        tables = {side: load_gallery_table([store_path(feats, n, part, side) for n in aff_cfg.gallery_features],
                                            ids=list(ds.gallery_ids if side == "gallery" else ds.query_ids),
                                            local_tokens=aff_cfg.local_tokens) for side in ("gallery", "queries")}
         xb = fuse_table(mixer, tables["gallery"])
@@ -113,12 +115,14 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
         CorruptDataError, UnknownNameError: missing or broken features (see ``train_ames``).
     """
     from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
+    from asymfuse.cloud.ames.options import RerankOptions
     from asymfuse.cloud.ames.packed_store import build_packed_store
     from asymfuse.cloud.ames.scorer import AMESScorer
     from asymfuse.cloud.ames.sources import ArrayLocals
     from asymfuse.cloud.features.store import FeatureStore
     from asymfuse.cloud.train.ames_trainer import train_ames
-    from asymfuse.cloud.train.feature_cache import ensure_dataset_features, store_path
+    from asymfuse.cloud.features.layout import store_path
+    from asymfuse.cloud.train.feature_cache import ensure_dataset_features
 
     if not searches:
         raise ConfigError("the AMES stage needs at least one global search to re-rank")
@@ -131,6 +135,7 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
     result = train_ames(cfg, out_dir=out_dir)
     feats = Path(cfg.features_dir)
     scorer = AMESScorer(result.model, device=cfg.device)
+    base = RerankOptions(top_m=cfg.top_m, lq=cfg.lq, lx=cfg.lx)
 
     def locals_of(part: str, ds: RetrievalDataset, side: str, max_local: int | None = None) -> ArrayLocals:
         ensure_dataset_features(cfg.local_feature, ds, features_dir=feats, part=part, device=cfg.device,
@@ -146,11 +151,10 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
             if val_locals is None:
                 val_locals = (locals_of(cfg.val, val, "queries"), locals_of(cfg.val, val, "gallery", cfg.lx))
             xq, xb = parts["val"]
-            res = evaluate_ames(dataset=val, global_q=xq, global_x=xb, query_locals=val_locals[0],
-                                gallery=val_locals[1], scorer=scorer, top_m=cfg.top_m, lam=result.lam,
-                                gamma=result.gamma, lq=cfg.lq, lx=cfg.lx)
-            lam, gamma, _ = select_ensemble(dataset=val, global_scores=res["global_scores"], topm=res["topm"],
-                                            logits=res["logits"], full_ranks=res["ranks"], metric=cfg.select_metric)
+            res = evaluate_ames(dataset=val, xq=xq, xb=xb, query_locals=val_locals[0], gallery=val_locals[1],
+                                scorer=scorer, options=replace(base, lam=result.lam, gamma=result.gamma))
+            lam, gamma, _ = select_ensemble(dataset=val, global_scores=res.global_scores, topm=res.topm,
+                                            logits=res.logits, full_ranks=res.ranks, metric=cfg.select_metric)
             weights[label] = (lam, gamma, "this search on val")
     locals_of("test", test, "gallery")  # extract if missing
     with FeatureStore.open(store_path(feats, cfg.local_feature, "test", "gallery"), verify="none") as store:
@@ -162,11 +166,11 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
         for label, parts in searches.items():
             xq, xb = parts["test"]
             lam, gamma, chosen_on = weights[label]
-            res = evaluate_ames(dataset=test, global_q=xq, global_x=xb, query_locals=queries, gallery=packed,
-                                scorer=scorer, top_m=cfg.top_m, lam=lam, gamma=gamma, lq=cfg.lq, lx=cfg.lx)
+            res = evaluate_ames(dataset=test, xq=xq, xb=xb, query_locals=queries, gallery=packed, scorer=scorer,
+                                options=replace(base, lam=lam, gamma=gamma))
             rows.append({"feature": f"{label} + AMES", "kind": "AMES re-ranking", "dim": int(xb.shape[1]),
                          "lam": lam, "gamma": gamma, "weights_chosen_on": chosen_on,
-                         **{k: v for k, v in res["ames"].items() if isinstance(v, (int, float))}})
+                         **{k: v for k, v in res.ames_metrics.items() if isinstance(v, (int, float))}})
         bytes_per_image = packed.bytes_per_image(cfg.lx)
     info = {"run_dir": str(out_dir), "checkpoint": str(result.checkpoint), "local_feature": cfg.local_feature,
             "lq": cfg.lq, "lx": cfg.lx, "top_m": cfg.top_m, "epochs": cfg.epochs, "lam": result.lam,

@@ -29,6 +29,7 @@ from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
 from asymfuse.cloud.eval.report import markdown_table, write_json
 from asymfuse.cloud.features.aggregate import train_vlad_codebook, vlad
 from asymfuse.cloud.features.extract_dataset import extract_dataset
+from asymfuse.cloud.features.layout import part_dir
 from asymfuse.cloud.features.registry import create_feature_extractor
 from asymfuse.edge.errors import ConfigError
 from asymfuse.edge.fileio import atomic_write_text
@@ -81,7 +82,7 @@ def load_split(bench_root: Path, part: str, name: str) -> RetrievalDataset:
 
 def _global_vectors(name: str, test: RetrievalDataset, out: Path, cfg: DemoConfig) -> tuple[np.ndarray, np.ndarray]:
     with create_feature_extractor(name, device=cfg.device) as ex:
-        stores = extract_dataset(ex, test, out / "features" / name / "test", progress=cfg.progress)
+        stores = extract_dataset(ex, test, part_dir(out / "features", name, "test"), progress=cfg.progress)
     return np.asarray(stores["queries"].global_features()), np.asarray(stores["gallery"].global_features())
 
 
@@ -93,9 +94,9 @@ def _vlad_vectors(name: str, train: RetrievalDataset, test: RetrievalDataset, ou
         n = min(cfg.codebook_images, train.nb)
         subset = sorted(rng.choice(train.nb, size=n, replace=False).tolist())
         sub_ds = _gallery_subset(train, subset)
-        train_store = extract_dataset(ex, sub_ds, out / "features" / name / "train-codebook",
-                                      parts=("gallery",), progress=cfg.progress)["gallery"]
-        stores = extract_dataset(ex, test, out / "features" / name / "test", progress=cfg.progress)
+        train_store = extract_dataset(ex, sub_ds, part_dir(out / "features", name, "train-codebook"),
+                                      sides=("gallery",), progress=cfg.progress)["gallery"]
+        stores = extract_dataset(ex, test, part_dir(out / "features", name, "test"), progress=cfg.progress)
     tr = train_store.get(np.arange(len(train_store)))
     book = train_vlad_codebook(tr.descriptors[~tr.mask], k=cfg.vlad_words, seed=cfg.seed)
     q = stores["queries"].get(np.arange(len(stores["queries"])))

@@ -9,38 +9,37 @@ from typing import Any
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.features.base import FeatureExtractor
 from asymfuse.cloud.features.extract import extract_to_store
+from asymfuse.cloud.features.layout import SIDES
 from asymfuse.cloud.features.store import FeatureStore
 from asymfuse.edge.errors import ConfigError
 
-PARTS = ("gallery", "queries")
-
 
 def extract_dataset(extractor: FeatureExtractor, dataset: RetrievalDataset,
-                    out_dir: str | os.PathLike[str], *, parts: tuple[str, ...] = PARTS,
+                    out_dir: str | os.PathLike[str], *, sides: tuple[str, ...] = SIDES,
                     batch_size: int = 16, resume: bool = True, progress: bool = True,
                     meta: dict[str, Any] | None = None) -> dict[str, FeatureStore]:
-    """Extract ``dataset`` with ``extractor`` into ``out_dir/<part>``.
+    """Extract ``dataset`` with ``extractor`` into ``out_dir/<side>`` (``gallery``, ``queries``).
 
     Queries are cropped to their bbx (revisitop protocol) before extraction.
 
     Returns:
-        ``{part: opened FeatureStore}`` with rows in dataset order.
+        ``{side: opened FeatureStore}`` with rows in dataset order.
 
     Raises:
-        ConfigError: an unknown part; see :func:`extract_to_store` for the rest.
+        ConfigError: an unknown side; see :func:`extract_to_store` for the rest.
     """
-    bad = sorted(set(parts) - set(PARTS))
+    bad = sorted(set(sides) - set(SIDES))
     if bad:
-        raise ConfigError(f"unknown parts {bad}; choose from {list(PARTS)}")
+        raise ConfigError(f"unknown sides {bad}; choose from {list(SIDES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     info = dict(meta or {}, dataset=dataset.name)
     stores: dict[str, FeatureStore] = {}
-    if "gallery" in parts:
+    if "gallery" in sides:
         stores["gallery"] = extract_to_store(
             extractor, list(dataset.gallery_paths), out / "gallery", ids=list(dataset.gallery_ids),
             batch_size=batch_size, resume=resume, progress=progress, meta=dict(info, part="gallery"))
-    if "queries" in parts:
+    if "queries" in sides:
         stores["queries"] = extract_to_store(
             extractor, range(dataset.nq), out / "queries", ids=list(dataset.query_ids),
             batch_size=batch_size, resume=resume, progress=progress,

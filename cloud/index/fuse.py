@@ -16,6 +16,7 @@ import torch
 from asymfuse.cloud.embed import fuse_table
 from asymfuse.cloud.features.base import GlobalFeatures
 from asymfuse.cloud.features.gallery_table import load_gallery_table
+from asymfuse.cloud.features.layout import store_path
 from asymfuse.cloud.features.store import new_store
 from asymfuse.cloud.features.store_reader import FeatureStore
 from asymfuse.cloud.models.mixers.checkpoint import load_mixer
@@ -23,9 +24,9 @@ from asymfuse.edge.errors import ConfigError
 
 
 def store_roots_for(schema_names: Sequence[str], *, features_dir: str | os.PathLike[str], part: str,
-                    which: str = "gallery") -> list[Path]:
-    """``<features_dir>/<name>/<part>/<which>`` for each slot of the mixer, in schema order."""
-    return [Path(features_dir) / name / part / which for name in schema_names]
+                    side: str = "gallery") -> list[Path]:
+    """``<features_dir>/<name>/<part>/<side>`` for each slot of the mixer, in schema order."""
+    return [store_path(features_dir, name, part, side) for name in schema_names]
 
 
 def fuse_stores(mixer_path: str | os.PathLike[str], store_roots: Sequence[str | os.PathLike[str]],

@@ -23,11 +23,11 @@ from asymfuse.cloud.models.query_net import QueryNet, create_query_net
 from asymfuse.cloud.train.aff_config import SINGLE_GALLERY_SCHEMES, TrainConfig
 from asymfuse.cloud.train.aff_data import check_training_set, load_training_set
 from asymfuse.cloud.train.aff_model import AFFSystem
+from asymfuse.cloud.features.layout import store_path
 from asymfuse.cloud.train.feature_cache import (
     ensure_dataset_features,
     ensure_training_features,
     is_complete,
-    store_path,
     training_ids,
 )
 from asymfuse.cloud.train.query_start import fit_query_head
@@ -98,16 +98,15 @@ def prepare_data(cfg: TrainConfig, *, is_main: bool, barrier: Callable[[], None]
     barrier()
     table = None
     if names:
-        roots = [feats / n / "train" / "gallery" for n in names]
+        roots = [store_path(feats, n, "train") for n in names]
         table = load_gallery_table(roots, ids=training_ids(ts), local_tokens=cfg.local_tokens)
     val = None
     if val_ds is not None:
         vg = vq = None
         if names:
-            vg = load_gallery_table([feats / n / "val" / "gallery" for n in names], ids=list(val_ds.gallery_ids),
-                                    local_tokens=cfg.local_tokens)
-            vq = load_gallery_table([feats / n / "val" / "queries" for n in names], ids=list(val_ds.query_ids),
-                                    local_tokens=cfg.local_tokens)
+            vg, vq = (load_gallery_table([store_path(feats, n, "val", side) for n in names], ids=list(ids),
+                                         local_tokens=cfg.local_tokens)
+                      for side, ids in (("gallery", val_ds.gallery_ids), ("queries", val_ds.query_ids)))
         val = ValData(dataset=val_ds, gallery=vg, queries=vq)
     start_images, start_table = _start_views_table(cfg, ts, names) if want_views else (None, None)
     return AFFData(training_set=ts, table=table, val=val, start_images=start_images, start_table=start_table)

@@ -34,11 +34,11 @@ from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.index.flat import search
 from asymfuse.cloud.train.aff_data import load_training_set
 from asymfuse.cloud.train.ames_config import AMESTrainConfig
+from asymfuse.cloud.features.layout import store_path
 from asymfuse.cloud.train.feature_cache import (
     TRAIN_PART,
     ensure_dataset_features,
     ensure_training_features,
-    store_path,
     training_ids,
 )
 from asymfuse.cloud.train.start_views import crop_views, views_part

@@ -333,6 +333,7 @@ def validate(model: AMES, data: AMESData, cfg: AMESTrainConfig, *, device: torch
         ConfigError: ``data`` has no val split.
     """
     from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
+    from asymfuse.cloud.ames.options import RerankOptions
     from asymfuse.cloud.ames.scorer import AMESScorer
     from asymfuse.cloud.ames.sources import ArrayLocals
 
@@ -342,18 +343,18 @@ def validate(model: AMES, data: AMESData, cfg: AMESTrainConfig, *, device: torch
     was_training = model.training
     model.eval()
     try:
-        res = evaluate_ames(dataset=val.dataset, global_q=val.global_q, global_x=val.global_x,
+        res = evaluate_ames(dataset=val.dataset, xq=val.global_q, xb=val.global_x,
                             query_locals=ArrayLocals(val.query_locals.descriptors, val.query_locals.pad),
                             gallery=ArrayLocals(val.gallery_locals.descriptors, val.gallery_locals.pad),
-                            scorer=AMESScorer(model, device=device), top_m=cfg.top_m, lam=DEFAULT_LAM,
-                            gamma=DEFAULT_GAMMA, lq=cfg.lq, lx=cfg.lx)
-        lam, gamma, grid = select_ensemble(dataset=val.dataset, global_scores=res["global_scores"],
-                                           topm=res["topm"], logits=res["logits"], full_ranks=res["ranks"],
-                                           metric=cfg.select_metric)
+                            scorer=AMESScorer(model, device=device),
+                            options=RerankOptions(top_m=cfg.top_m, lam=DEFAULT_LAM, gamma=DEFAULT_GAMMA, lq=cfg.lq,
+                                                  lx=cfg.lx))
+        lam, gamma, grid = select_ensemble(dataset=val.dataset, global_scores=res.global_scores, topm=res.topm,
+                                           logits=res.logits, full_ranks=res.ranks, metric=cfg.select_metric)
     finally:
         model.train(was_training)
     chosen = next(g for g in grid if g["lam"] == lam and g["gamma"] == gamma)
-    metrics = {f"val_global_{k}": float(v) for k, v in res["global"].items() if k.startswith("mAP")}
+    metrics = {f"val_global_{k}": float(v) for k, v in res.global_metrics.items() if k.startswith("mAP")}
     metrics.update({f"val_ames_{k}": float(v) for k, v in chosen.items() if k.startswith("mAP")})
     metrics.update(val_lam=float(lam), val_gamma=float(gamma))
     return {"score": metrics[f"val_ames_{cfg.select_metric}"], "lam": float(lam), "gamma": float(gamma),

@@ -13,7 +13,6 @@ and extraction runs (resuming a partial store of the same extractor and id list)
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,14 +20,14 @@ import torch
 
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.features.extract import default_ids, extract_to_store
-from asymfuse.cloud.features.extract_dataset import PARTS, extract_dataset
+from asymfuse.cloud.features.extract_dataset import extract_dataset
+from asymfuse.cloud.features.layout import SIDES, store_path
 from asymfuse.cloud.features.registry import FEATURE_EXTRACTORS, create_feature_extractor
 from asymfuse.cloud.features.store import FeatureStore
 from asymfuse.cloud.features.store_format import MANIFEST
 from asymfuse.edge.errors import ConfigError, UnknownNameError
 
 TRAIN_PART = "train"
-_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def training_ids(training_set: TrainingSet) -> list[str]:
@@ -41,19 +40,6 @@ def training_ids(training_set: TrainingSet) -> list[str]:
         raise ConfigError(f"training set {training_set.name!r} is empty; it needs at least one image")
     return default_ids(training_set.paths)
 
-
-def store_path(features_dir: str | os.PathLike[str], name: str, part: str, which: str = "gallery") -> Path:
-    """``<features_dir>/<name>/<part>/<which>``.
-
-    Raises:
-        ConfigError: ``name`` or ``part`` is not a plain folder name, or ``which`` is not a part.
-    """
-    for what, value in (("feature name", name), ("part", part)):
-        if not isinstance(value, str) or not _PART_RE.match(value):
-            raise ConfigError(f"{what} {value!r} must be a plain folder name (letters, digits, '_', '-', '.')")
-    if which not in PARTS:
-        raise ConfigError(f"which={which!r} must be one of {list(PARTS)}")
-    return Path(features_dir) / name / part / which
 
 
 def ensure_training_features(name: str, training_set: TrainingSet, *, features_dir: str | os.PathLike[str],
@@ -104,13 +90,13 @@ def ensure_dataset_features(name: str, dataset: RetrievalDataset, *, features_di
             another image list.
         CorruptDataError: an image or an existing store is unreadable.
     """
-    roots = {which: store_path(features_dir, name, part, which) for which in PARTS}
+    roots = {side: store_path(features_dir, name, part, side) for side in SIDES}
     wanted = {"gallery": list(dataset.gallery_ids), "queries": list(dataset.query_ids)}
-    todo = tuple(w for w in PARTS if wanted[w] and not is_complete(roots[w], wanted[w]))
+    todo = tuple(w for w in SIDES if wanted[w] and not is_complete(roots[w], wanted[w]))
     if todo:
         _require_extractor(name, [roots[w] for w in todo], n_items=sum(len(wanted[w]) for w in todo))
         with create_feature_extractor(name, device=device) as extractor:
-            stores = extract_dataset(extractor, dataset, roots["gallery"].parent, parts=todo,
+            stores = extract_dataset(extractor, dataset, roots["gallery"].parent, sides=todo,
                                      batch_size=batch_size, resume=True, progress=progress)
         for store in stores.values():
             store.close()

@@ -8,6 +8,7 @@ import torch
 
 from asymfuse.cloud.ames.ensemble import GAMMAS, LAMS, combine, ensemble_scores, rerank_rows
 from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
+from asymfuse.cloud.ames.options import RerankOptions
 from asymfuse.cloud.ames.model import create_ames
 from asymfuse.cloud.ames.rerank import rerank
 from asymfuse.cloud.ames.scorer import AMESScorer
@@ -130,36 +131,40 @@ def toy_setup():
 
 def test_evaluate_ames_global_metrics_equal_a_plain_search(toy_setup):
     ds, xq, xb, queries, gallery, scorer = toy_setup
+    options = RerankOptions(top_m=10, lam=0.3, gamma=2.0, lx=5)
     with pytest.warns(UserWarning, match="1 of 4 queries"):
-        res = evaluate_ames(dataset=ds, global_q=xq, global_x=xb, query_locals=queries, gallery=gallery,
-                            scorer=scorer, top_m=10, lam=0.3, gamma=2.0, lx=5)
+        res = evaluate_ames(dataset=ds, xq=xq, xb=xb, query_locals=queries, gallery=gallery, scorer=scorer,
+                            options=options)
     plain = rank_features(xq, xb)
-    np.testing.assert_array_equal(res["ranks"], plain)
-    assert res["global"] == evaluate_ranking(plain, ds)
-    assert res["topm"].shape == res["logits"].shape == res["global_scores"].shape == (4, 10)
-    assert np.isnan(res["logits"][3]).all() and not np.isnan(res["logits"][:3]).any()
+    np.testing.assert_array_equal(res.ranks, plain)
+    assert res.global_metrics == evaluate_ranking(plain, ds)
+    assert res.topm.shape == res.logits.shape == res.global_scores.shape == (4, 10)
+    assert np.isnan(res.logits[3]).all() and not np.isnan(res.logits[:3]).any()
     for i in range(3):
         desc, pad = queries.descriptors([i])
-        np.testing.assert_allclose(res["logits"][i], scorer.score(desc[0], pad[0], gallery, res["topm"][i], lx=5),
+        np.testing.assert_allclose(res.logits[i], scorer.score(desc[0], pad[0], gallery, res.topm[i], lx=5),
                                    rtol=1e-5, atol=1e-5)
-        one = rerank(desc[0], res["topm"][i], res["global_scores"][i], top_m=10, lam=0.3, gamma=2.0, scorer=scorer,
-                     gallery=gallery, query_mask=pad[0], lx=5)
-        np.testing.assert_array_equal(res["ames_ranks"][:10, i], one.ids)
-    np.testing.assert_array_equal(res["ames_ranks"][:, 3], plain[:, 3])  # no locals: the global order stands
-    np.testing.assert_array_equal(res["ames_ranks"][10:], plain[10:])
-    assert res["ames"] == evaluate_ranking(res["ames_ranks"], ds)
-    lam, gamma, grid = select_ensemble(dataset=ds, global_scores=res["global_scores"], topm=res["topm"],
-                                       logits=res["logits"], full_ranks=res["ranks"])
+        one = rerank(desc[0], res.topm[i], res.global_scores[i], options=options, scorer=scorer, gallery=gallery,
+                     q_pad=pad[0])
+        np.testing.assert_array_equal(res.ames_ranks[:10, i], one.ids)
+    np.testing.assert_array_equal(res.ames_ranks[:, 3], plain[:, 3])  # no locals: the global order stands
+    np.testing.assert_array_equal(res.ames_ranks[10:], plain[10:])
+    assert res.ames_metrics == evaluate_ranking(res.ames_ranks, ds)
+    lam, gamma, grid = select_ensemble(dataset=ds, global_scores=res.global_scores, topm=res.topm,
+                                       logits=res.logits, full_ranks=res.ranks)
     assert lam in LAMS and gamma in GAMMAS and len(grid) == len(LAMS) * len(GAMMAS)
 
 
 def test_evaluate_ames_with_lam_one_is_the_global_search(toy_setup):
     ds, xq, xb, queries, gallery, scorer = toy_setup
     with pytest.warns(UserWarning):
-        res = evaluate_ames(dataset=ds, global_q=xq, global_x=xb, query_locals=queries, gallery=gallery,
-                            scorer=scorer, top_m=100, lam=1.0, gamma=1.0)
-    assert res["top_m"] == 24
-    assert res["ames"] == res["global"]
+        res = evaluate_ames(dataset=ds, xq=xq, xb=xb, query_locals=queries, gallery=gallery, scorer=scorer,
+                            options=RerankOptions(top_m=100, lam=1.0, gamma=1.0))
+    assert res.options.top_m == 24
+    assert res.ames_metrics == res.global_metrics
     with pytest.raises(ShapeError, match="do not match"):
-        evaluate_ames(dataset=ds, global_q=xq[:2], global_x=xb, query_locals=queries, gallery=gallery, scorer=scorer,
-                      lam=0.5, gamma=1.0)
+        evaluate_ames(dataset=ds, xq=xq[:2], xb=xb, query_locals=queries, gallery=gallery, scorer=scorer,
+                      options=RerankOptions())
+    with pytest.raises(ConfigError, match="top_m must be >= 1"):
+        evaluate_ames(dataset=ds, xq=xq, xb=xb, query_locals=queries, gallery=gallery, scorer=scorer,
+                      options=RerankOptions(top_m=0))

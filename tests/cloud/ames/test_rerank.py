@@ -12,6 +12,7 @@ import torch
 
 from asymfuse.cloud.ames.ensemble import combine
 from asymfuse.cloud.ames.model import create_ames
+from asymfuse.cloud.ames.options import RerankOptions
 from asymfuse.cloud.ames.rerank import rerank
 from asymfuse.cloud.ames.scorer import AMESScorer
 from asymfuse.cloud.ames.sources import ArrayLocals
@@ -44,7 +45,7 @@ def full_gallery(n: int = 15) -> ArrayLocals:
 def test_hand_computed_case():
     scorer = FixedScorer({10: -4.0, 12: 0.0, 13: 4.0})
     q = np.ones((2, D_IN), np.float32)
-    res = rerank(q, [10, 11, 12, 13, 14], [0.9, 0.5, 0.8, 0.7, 0.1], top_m=3, lam=0.5, gamma=1.0,
+    res = rerank(q, [10, 11, 12, 13, 14], [0.9, 0.5, 0.8, 0.7, 0.1], options=RerankOptions(top_m=3, lam=0.5, gamma=1.0),
                  scorer=scorer, gallery=full_gallery())  # type: ignore[arg-type]
     # global order 10 (0.9), 12 (0.8), 13 (0.7) | 11 (0.5), 14 (0.1); the head is re-scored:
     s10, s12, s13 = 0.45 + 0.5 * sigmoid(-4.0), 0.4 + 0.5 * 0.5, 0.35 + 0.5 * sigmoid(4.0)
@@ -58,11 +59,11 @@ def test_hand_computed_case():
 def test_top_m_zero_or_larger_than_the_list():
     scorer = FixedScorer({0: 3.0, 1: -3.0, 2: 0.0})
     q = np.ones((2, D_IN), np.float32)
-    kw = dict(lam=0.0, gamma=1.0, scorer=scorer, gallery=full_gallery())
-    res = rerank(q, [0, 1, 2], [0.1, 0.9, 0.5], top_m=0, **kw)  # type: ignore[arg-type]
+    kw = dict(scorer=scorer, gallery=full_gallery())
+    res = rerank(q, [0, 1, 2], [0.1, 0.9, 0.5], options=RerankOptions(top_m=0, lam=0.0), **kw)  # type: ignore[arg-type]
     np.testing.assert_array_equal(res.ids, [1, 2, 0])
     assert res.num_reranked == 0 and not scorer.calls
-    res = rerank(q, [0, 1, 2], [0.1, 0.9, 0.5], top_m=50, **kw)  # type: ignore[arg-type]
+    res = rerank(q, [0, 1, 2], [0.1, 0.9, 0.5], options=RerankOptions(top_m=50, lam=0.0), **kw)  # type: ignore[arg-type]
     np.testing.assert_array_equal(res.ids, [0, 2, 1])  # lam = 0: the AMES order alone
 
 
@@ -76,7 +77,7 @@ def test_real_scorer_matches_combine_of_its_logits():
     cand = rng.permutation(20)[:12]
     g = rng.random(12)
     scorer = AMESScorer(model)
-    res = rerank(q, cand, g, top_m=8, lam=0.3, gamma=2.0, scorer=scorer, gallery=gallery)
+    res = rerank(q, cand, g, options=RerankOptions(top_m=8, lam=0.3, gamma=2.0), scorer=scorer, gallery=gallery)
     order = np.argsort(-g, kind="stable")
     head = cand[order[:8]]
     s = combine(g[order[:8]], scorer.score(q, None, gallery, head), lam=0.3, gamma=2.0)
@@ -89,14 +90,14 @@ def test_empty_query_keeps_the_global_order_with_a_warning():
     scorer = FixedScorer({})
     q = np.full((3, D_IN), np.nan, np.float32)  # every slot is padding: its values do not matter
     with pytest.warns(UserWarning, match="no local descriptors"):
-        res = rerank(q, [4, 5, 6], [0.2, 0.7, 0.5], top_m=3, lam=0.5, gamma=1.0, scorer=scorer,
-                     gallery=full_gallery(), query_mask=np.ones(3, bool))  # type: ignore[arg-type]
+        res = rerank(q, [4, 5, 6], [0.2, 0.7, 0.5], options=RerankOptions(top_m=3, lam=0.5, gamma=1.0),
+                     scorer=scorer, gallery=full_gallery(), q_pad=np.ones(3, bool))  # type: ignore[arg-type]
     np.testing.assert_array_equal(res.ids, [5, 6, 4])
     np.testing.assert_allclose(res.scores, [0.7, 0.5, 0.2])
     assert res.num_reranked == 0 and not scorer.calls
     with pytest.warns(UserWarning, match="no local descriptors"):
-        rerank(np.zeros((0, D_IN), np.float32), [4], [0.2], top_m=3, lam=0.5, gamma=1.0, scorer=scorer,
-               gallery=full_gallery())  # type: ignore[arg-type]
+        rerank(np.zeros((0, D_IN), np.float32), [4], [0.2], options=RerankOptions(top_m=3, lam=0.5, gamma=1.0),
+               scorer=scorer, gallery=full_gallery())  # type: ignore[arg-type]
 
 
 def test_candidate_without_local_descriptors_keeps_its_global_score():
@@ -105,8 +106,8 @@ def test_candidate_without_local_descriptors_keeps_its_global_score():
     gallery = ArrayLocals(np.ones((15, 3, D_IN), np.float32), mask)
     scorer = FixedScorer({1: 5.0, 2: 5.0, 3: -5.0})
     with pytest.warns(UserWarning, match="1 of the top-3"):
-        res = rerank(np.ones((2, D_IN), np.float32), [1, 2, 3], [0.3, 0.9, 0.6], top_m=3, lam=0.5, gamma=1.0,
-                     scorer=scorer, gallery=gallery)  # type: ignore[arg-type]
+        res = rerank(np.ones((2, D_IN), np.float32), [1, 2, 3], [0.3, 0.9, 0.6],
+                     options=RerankOptions(top_m=3, lam=0.5, gamma=1.0), scorer=scorer, gallery=gallery)  # type: ignore[arg-type]
     s = {1: 0.15 + 0.5 * sigmoid(5.0), 2: 0.9, 3: 0.3 + 0.5 * sigmoid(-5.0)}
     np.testing.assert_array_equal(res.ids, [2, 1, 3])
     np.testing.assert_allclose(res.scores, [s[2], s[1], s[3]])
@@ -118,7 +119,7 @@ def test_bad_input():
     scorer = AMESScorer(model)
     gallery = full_gallery()
     q = np.ones((3, D_IN), np.float32)
-    kw = dict(top_m=2, lam=0.5, gamma=1.0, scorer=scorer, gallery=gallery)
+    kw = dict(options=RerankOptions(top_m=2, lam=0.5, gamma=1.0), scorer=scorer, gallery=gallery)
     with pytest.raises(ShapeError, match="local feature the checkpoint was trained on"):
         rerank(np.ones((3, D_IN + 4), np.float32), [0, 1], [0.5, 0.4], **kw)
     bad = q.copy()
@@ -127,7 +128,7 @@ def test_bad_input():
         rerank(bad, [0, 1], [0.5, 0.4], **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a NaN in a padding slot is fine: no warning, no error
-        rerank(bad, [0, 1], [0.5, 0.4], query_mask=np.array([False, True, False]), **kw)
+        rerank(bad, [0, 1], [0.5, 0.4], q_pad=np.array([False, True, False]), **kw)
     with pytest.raises(ShapeError, match="NaN"):
         rerank(q, [0, 1], [0.5, np.nan], **kw)
     with pytest.raises(ShapeError, match="one per candidate"):
@@ -135,6 +136,10 @@ def test_bad_input():
     with pytest.raises(ConfigError, match="out of range"):
         rerank(q, [0, 99], [0.5, 0.4], **kw)
     with pytest.raises(ConfigError, match="lam"):
-        rerank(q, [0, 1], [0.5, 0.4], **{**kw, "lam": 1.5})
+        RerankOptions(lam=1.5)
     with pytest.raises(ConfigError, match="top_m"):
-        rerank(q, [0, 1], [0.5, 0.4], **{**kw, "top_m": -1})
+        RerankOptions(top_m=-1)
+    with pytest.raises(ConfigError, match="lx"):
+        RerankOptions(lx=0)
+    with pytest.raises(ConfigError, match="RerankOptions"):
+        rerank(q, [0, 1], [0.5, 0.4], **{**kw, "options": {"top_m": 2}})

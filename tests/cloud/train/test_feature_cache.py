@@ -12,11 +12,11 @@ from asymfuse.cloud.features.extract import default_ids
 from asymfuse.cloud.features.gallery_table import load_gallery_table
 from asymfuse.cloud.features.registry import create_feature_extractor
 from asymfuse.cloud.features.store import FeatureStore, create_store_from_arrays
+from asymfuse.cloud.features.layout import store_path
 from asymfuse.cloud.train.feature_cache import (
     ensure_dataset_features,
     ensure_training_features,
     is_complete,
-    store_path,
     training_ids,
 )
 from asymfuse.edge.errors import ConfigError, UnknownNameError
