@@ -17,6 +17,7 @@ from typing import Any
 from asymfuse.cloud.bench.aff_bench import QUICK_TRAIN
 from asymfuse.cloud.bench.aff_report import BenchRow, plot_curves
 from asymfuse.cloud.data.records import RetrievalDataset
+from asymfuse.cloud.demo.results import AFFSearches, AFFStageResult
 from asymfuse.cloud.embed import embed_queries, fuse_table
 from asymfuse.cloud.eval.evaluate import evaluate_aff
 from asymfuse.cloud.features.gallery_table import load_gallery_table
@@ -34,8 +35,14 @@ def aff_config(*, bench_root: Path, features_dir: Path, gallery_features: tuple[
     return TrainConfig().replace(**values)
 
 
-def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) -> tuple[list[dict[str, Any]], dict]:
-    """Train, then evaluate on ``test``; returns (demo table rows, info about the run)."""
+def aff_searches_of(cfg: TrainConfig) -> AFFSearches:
+    """The two searches the AFF stage adds to the demo table."""
+    return AFFSearches.of(gallery_features=tuple(cfg.gallery_features), query_arch=cfg.query_arch,
+                          input_size=cfg.input_size)
+
+
+def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) -> AFFStageResult:
+    """Train, then evaluate on ``test``; returns the stage's rows and artifacts."""
     result = train_aff(cfg, out_dir=out_dir)
     feats = Path(cfg.features_dir)
     for name in cfg.gallery_features:
@@ -43,7 +50,7 @@ def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) ->
     tables = {side: load_gallery_table([store_path(feats, n, "test", side) for n in cfg.gallery_features],
                                        ids=list(test.gallery_ids if side == "gallery" else test.query_ids),
                                        local_tokens=cfg.local_tokens) for side in ("gallery", "queries")}
-    fused = "AFF(" + " + ".join(cfg.gallery_features) + ")"
+    searches = aff_searches_of(cfg)
     rows = []
     start_mixer, start_query = start_models(result)
     for label, mixer, query_net in (("start", start_mixer, start_query), ("", result.mixer, result.query_net)):
@@ -54,14 +61,14 @@ def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) ->
         asym = evaluate_aff(dataset=test, query_vectors=embed_queries(query_net, test), gallery_vectors=xb)
         tag = f" [{label}]" if label else ""
         kind = "AFF start (closed form)" if label else "AFF"
-        rows += [{"feature": f"{fused} → {fused}{tag}", "kind": f"{kind} symmetric", "dim": cfg.dim, **sym},
-                 {"feature": f"{cfg.query_arch}@{cfg.input_size} → {fused}{tag}", "kind": f"{kind} asymmetric",
-                  "dim": cfg.dim, **asym}]
+        rows += [{"feature": f"{searches.symmetric.label}{tag}", "kind": f"{kind} symmetric", "dim": cfg.dim, **sym},
+                 {"feature": f"{searches.asymmetric.label}{tag}", "kind": f"{kind} asymmetric", "dim": cfg.dim,
+                  **asym}]
     curve = BenchRow(block="asymmetric", row="joint", setting="demo quick joint",
                      mAP_medium=asym["mAP_medium"], mAP_hard=asym["mAP_hard"], history=tuple(
                          {k: v for k, v in h.items() if k != "step_losses"} for h in result.history))
     plot_curves([curve], out_dir / "curves.png")
-    info = {"run_dir": str(out_dir), "best_epoch": result.best_epoch, "embedding_space_id": result.embedding_space_id,
-            "train_runtime_s": round(result.runtime_s, 1), "checkpoint": str(result.checkpoint),
-            "query_net": str(out_dir / "query_net.pt"), "mixer": str(out_dir / "mixer.pt")}
-    return rows, info
+    return AFFStageResult(rows=tuple(rows), searches=searches, run_dir=out_dir, mixer=out_dir / "mixer.pt",
+                          query_net=out_dir / "query_net.pt", checkpoint=Path(result.checkpoint),
+                          best_epoch=int(result.best_epoch), embedding_space_id=result.embedding_space_id,
+                          train_runtime_s=float(result.runtime_s))

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from asymfuse.cloud.data.records import RetrievalDataset
+from asymfuse.cloud.demo.results import AFFStageResult, AMESStageResult, EnsembleWeights
 from asymfuse.cloud.train.aff_config import TrainConfig
 from asymfuse.cloud.train.ames_config import AMESTrainConfig
 from asymfuse.edge.errors import ConfigError
@@ -56,13 +57,7 @@ def ames_config(*, bench_root: Path, features_dir: Path, local_feature: str, glo
     return AMESTrainConfig().replace(**values)
 
 
-def aff_labels(aff_cfg: TrainConfig) -> tuple[str, str]:
-    """The AFF stage's row labels: (symmetric search, asymmetric search)."""
-    fused = "AFF(" + " + ".join(aff_cfg.gallery_features) + ")"
-    return f"{fused} → {fused}", f"{aff_cfg.query_arch}@{aff_cfg.input_size} → {fused}"
-
-
-def aff_searches(aff_cfg: TrainConfig, aff_info: Mapping[str, Any], *,
+def aff_searches(aff_cfg: TrainConfig, aff: AFFStageResult, *,
                  splits: Mapping[str, RetrievalDataset]) -> dict[str, dict[str, Vectors]]:
     """The AFF stage's two searches on each split, ``{row label: {part: (xq, xb)}}`` (labels as in
     its rows; ``splits`` maps a cache part, e.g. ``"test"``/``"val"``, to its dataset).
@@ -76,10 +71,10 @@ def aff_searches(aff_cfg: TrainConfig, aff_info: Mapping[str, Any], *,
     from asymfuse.cloud.models.checkpoint import load_query_net
     from asymfuse.cloud.models.mixers.checkpoint import load_mixer
 
-    mixer, _ = load_mixer(aff_info["mixer"])
-    net, _ = load_query_net(aff_info["query_net"])
+    mixer, _ = load_mixer(aff.mixer)
+    net, _ = load_query_net(aff.query_net)
     feats = Path(aff_cfg.features_dir)
-    sym, asym = aff_labels(aff_cfg)
+    sym, asym = aff.searches.symmetric.label, aff.searches.asymmetric.label
     out: dict[str, dict[str, Vectors]] = {sym: {}, asym: {}}
     for part, ds in splits.items():
         tables = {side: load_gallery_table([store_path(feats, n, part, side) for n in aff_cfg.gallery_features],
@@ -99,8 +94,8 @@ def _check_vectors(label: str, part: str, vectors: Vectors, ds: RetrievalDataset
 
 
 def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Searches, out_dir: Path,
-                   val: RetrievalDataset | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train, pack the test gallery, re-rank every search's top-m; returns (demo rows, info).
+                   val: RetrievalDataset | None = None) -> AMESStageResult:
+    """Train, pack the test gallery, re-rank every search's top-m; returns the rows and the model's settings.
 
     Args:
         cfg: the AMES run (its ``val`` names the cache part of ``val``).
@@ -143,10 +138,10 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
         with FeatureStore.open(store_path(feats, cfg.local_feature, part, side), verify="none") as store:
             return ArrayLocals.from_store(store, max_local=max_local)
 
-    weights: dict[str, tuple[float, float, str]] = {}
+    weights: dict[str, EnsembleWeights] = {}
     val_locals: tuple[ArrayLocals, ArrayLocals] | None = None
     for label, parts in searches.items():
-        weights[label] = (result.lam, result.gamma, "trainer val search")
+        weights[label] = EnsembleWeights(result.lam, result.gamma, "trainer val search")
         if "val" in parts and val is not None:
             if val_locals is None:
                 val_locals = (locals_of(cfg.val, val, "queries"), locals_of(cfg.val, val, "gallery", cfg.lx))
@@ -155,7 +150,7 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
                                 scorer=scorer, options=replace(base, lam=result.lam, gamma=result.gamma))
             lam, gamma, _ = select_ensemble(dataset=val, global_scores=res.global_scores, topm=res.topm,
                                             logits=res.logits, full_ranks=res.ranks, metric=cfg.select_metric)
-            weights[label] = (lam, gamma, "this search on val")
+            weights[label] = EnsembleWeights(lam, gamma, "this search on val")
     locals_of("test", test, "gallery")  # extract if missing
     with FeatureStore.open(store_path(feats, cfg.local_feature, "test", "gallery"), verify="none") as store:
         packed = build_packed_store(result.model, store, out_dir / "packed-test", max_local=cfg.lx,
@@ -165,16 +160,14 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
     with packed:
         for label, parts in searches.items():
             xq, xb = parts["test"]
-            lam, gamma, chosen_on = weights[label]
+            w = weights[label]
             res = evaluate_ames(dataset=test, xq=xq, xb=xb, query_locals=queries, gallery=packed, scorer=scorer,
-                                options=replace(base, lam=lam, gamma=gamma))
+                                options=replace(base, lam=w.lam, gamma=w.gamma))
             rows.append({"feature": f"{label} + AMES", "kind": "AMES re-ranking", "dim": int(xb.shape[1]),
-                         "lam": lam, "gamma": gamma, "weights_chosen_on": chosen_on,
+                         "lam": w.lam, "gamma": w.gamma, "weights_chosen_on": w.chosen_on,
                          **{k: v for k, v in res.ames_metrics.items() if isinstance(v, (int, float))}})
         bytes_per_image = packed.bytes_per_image(cfg.lx)
-    info = {"run_dir": str(out_dir), "checkpoint": str(result.checkpoint), "local_feature": cfg.local_feature,
-            "lq": cfg.lq, "lx": cfg.lx, "top_m": cfg.top_m, "epochs": cfg.epochs, "lam": result.lam,
-            "gamma": result.gamma, "train_runtime_s": round(result.runtime_s, 1),
-            "weights": {label: {"lam": w[0], "gamma": w[1], "chosen_on": w[2]} for label, w in weights.items()},
-            "local_bytes_per_image": bytes_per_image}
-    return rows, info
+    return AMESStageResult(rows=tuple(rows), run_dir=out_dir, checkpoint=Path(result.checkpoint),
+                           local_feature=cfg.local_feature, lq=cfg.lq, lx=cfg.lx, top_m=cfg.top_m, epochs=cfg.epochs,
+                           lam=result.lam, gamma=result.gamma, train_runtime_s=float(result.runtime_s),
+                           local_bytes_per_image=int(bytes_per_image), weights=weights)

@@ -23,7 +23,8 @@ from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, data
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.data.revisitop import load_revisitop
 from asymfuse.cloud.demo.aff_stage import aff_config, run_aff_stage
-from asymfuse.cloud.demo.ames_stage import aff_labels, aff_searches, ames_config, run_ames_stage
+from asymfuse.cloud.demo.ames_stage import aff_searches, ames_config, run_ames_stage
+from asymfuse.cloud.demo.results import AFFStageResult, AMESStageResult
 from asymfuse.cloud.demo.export_stage import DEMO_TARGETS, run_export_stage
 from asymfuse.cloud.eval.evaluate import evaluate_ranking, rank_features
 from asymfuse.cloud.eval.report import markdown_table, write_json
@@ -150,39 +151,39 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     for keys in combos:
         xq, xb = concat([vectors[k][0] for k in keys]), concat([vectors[k][1] for k in keys])
         rows.append(_row("concat(" + " + ".join(keys) + ")", "concat", xq, xb, test))
-    aff_info: dict[str, Any] = {}
+    aff: AFFStageResult | None = None
     t_aff = 0.0
     if cfg.aff:
         t1 = time.perf_counter()
         aff_cfg = aff_config(bench_root=bench.root, features_dir=out / "features", device=cfg.device, seed=cfg.seed,
                              progress=cfg.progress, gallery_features=QUICK_TRAIN["gallery_features"],
                              **dict(cfg.aff_overrides))
-        aff_rows, aff_info = run_aff_stage(aff_cfg, test=test, out_dir=out / "aff")
-        rows.extend(aff_rows)
+        aff = run_aff_stage(aff_cfg, test=test, out_dir=out / "aff")
+        rows.extend(aff.rows)
         t_aff = time.perf_counter() - t1
-    ames_info: dict[str, Any] = {}
+    ames: AMESStageResult | None = None
     t_ames = 0.0
     val = load_split(bench.root, "val", name) if cfg.aff and cfg.ames else None
-    aff_vectors = (aff_searches(aff_cfg, aff_info, splits={"test": test} if val is None else {"test": test, "val": val})
-                   if cfg.aff and (cfg.ames or cfg.export) else {})
+    aff_vectors = (aff_searches(aff_cfg, aff, splits={"test": test} if val is None else {"test": test, "val": val})
+                   if aff is not None and (cfg.ames or cfg.export) else {})
     if cfg.ames:
         t1 = time.perf_counter()
-        searches = (aff_vectors if cfg.aff else {cfg.global_extractors[0]: {"test": vectors[cfg.global_extractors[0]]}})
+        first = cfg.global_extractors[0] if cfg.global_extractors else None
+        searches = aff_vectors if aff is not None else {first: {"test": vectors[first]}}
         ames_cfg = ames_config(bench_root=bench.root, features_dir=out / "features",
                                local_feature=cfg.ames_local_feature, global_feature=cfg.ames_global_feature,
                                device=cfg.device, seed=cfg.seed, progress=cfg.progress, **dict(cfg.ames_overrides))
-        ames_rows, ames_info = run_ames_stage(ames_cfg, test=test, searches=searches, out_dir=out / "ames",
-                                              val=val)
-        rows.extend(ames_rows)
+        ames = run_ames_stage(ames_cfg, test=test, searches=searches, out_dir=out / "ames", val=val)
+        rows.extend(ames.rows)
         t_ames = time.perf_counter() - t1
     export_info: dict[str, Any] = {}
     t_export = 0.0
-    if cfg.export:
+    if cfg.export and aff is not None:
         t1 = time.perf_counter()
-        asym = aff_labels(aff_cfg)[1]
+        asym = aff.searches.asymmetric
         export_rows, export_info = run_export_stage(
-            query_net=Path(aff_info["query_net"]), bench=bench, test=test, gallery=aff_vectors[asym]["test"][1],
-            gallery_label=asym.split(" → ")[1], out_dir=out / "export", targets=cfg.export_targets,
+            query_net=aff.query_net, bench=bench, test=test, gallery=aff_vectors[asym.label]["test"][1],
+            gallery_label=asym.gallery_side, out_dir=out / "export", targets=cfg.export_targets,
             calibration=cfg.export_calibration)
         rows.extend(export_rows)
         t_export = time.perf_counter() - t1
@@ -193,8 +194,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "rows": rows,
         "timing_s": {"benchmark": round(t_bench, 1), "extract": round(t_extract, 1), "aff": round(t_aff, 1),
                      "ames": round(t_ames, 1), "export": round(t_export, 1), "total": round(total, 1)},
-        "aff": aff_info,
-        "ames": ames_info,
+        "aff": {} if aff is None else aff.info(),
+        "ames": {} if ames is None else ames.info(),
         "export": export_info,
         "config": asdict(cfg),
     }
@@ -204,15 +205,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
           f"Runtime: {total:.1f} s (benchmark {t_bench:.1f} s, features {t_extract:.1f} s, "
           f"AFF training + eval {t_aff:.1f} s, AMES training + re-ranking {t_ames:.1f} s, export + gate "
           f"{t_export:.1f} s).\n")
-    if aff_info:
-        md += (f"\nAFF (quick tier, joint, alpha={aff_cfg.alpha}): best val epoch {aff_info['best_epoch']}, "
-               f"embedding space `{aff_info['embedding_space_id']}`; models and curves in `{aff_info['run_dir']}`.\n")
-    if ames_info:
-        md += (f"\nAMES (binary, {ames_info['local_feature']}, {ames_info['epochs']} epochs, L_q = L_x = "
-               f"{ames_info['lx']}, {ames_info['local_bytes_per_image']} bytes of descriptors per image) re-ranks the "
-               f"top {ames_info['top_m']}; λ/γ are chosen per search on its val split (λ = 1: global score "
-               f"only); model in "
-               f"`{ames_info['checkpoint']}`.\n")
+    if aff is not None:
+        md += (f"\nAFF (quick tier, joint, alpha={aff_cfg.alpha}): best val epoch {aff.best_epoch}, "
+               f"embedding space `{aff.embedding_space_id}`; models and curves in `{aff.run_dir}`.\n")
+    if ames is not None:
+        md += (f"\nAMES (binary, {ames.local_feature}, {ames.epochs} epochs, L_q = L_x = {ames.lx}, "
+               f"{ames.local_bytes_per_image} bytes of descriptors per image) re-ranks the top {ames.top_m}; λ/γ "
+               f"are chosen per search on its val split (λ = 1: global score only); model in `{ames.checkpoint}`.\n")
     if export_info:
         exported = [r for r in rows if r["kind"] == "exported query net"]
         md += (f"\n## Exported query net (asymmetric: artifact queries → fused torch gallery; torch mAP_medium "
