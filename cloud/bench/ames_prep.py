@@ -19,16 +19,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from asymfuse.cloud.bench.ames_bench_config import AMESBenchConfig
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.index.flat import as_float32_matrix
 from asymfuse.edge.errors import ConfigError, missing_dependency
 
-if TYPE_CHECKING:
-    from asymfuse.cloud.bench.ames_bench import AMESBenchConfig
 
 LOG = logging.getLogger("asymfuse.bench.ames")
 PARTS = ("train", "val", "test")

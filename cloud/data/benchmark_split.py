@@ -15,19 +15,18 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import cv2
 import numpy as np
 
+from asymfuse.cloud.data.benchmark_config import BenchmarkConfig
 from asymfuse.cloud.data.photos import Instance, Partition, Region
 from asymfuse.cloud.data.views import (JUNK_VISIBILITY, SourcePhoto, ViewParams, frame_size, occluder_box,
                                        render_view, sample_view_params, view_homography, view_label,
                                        visible_fraction)
 from asymfuse.edge.errors import CorruptDataError
 
-if TYPE_CHECKING:
-    from asymfuse.cloud.data.benchmark import BenchmarkConfig
 
 TRAIN_CSV_NAME = "train.csv"
 VIEWS_META_NAME = "views.json"

@@ -31,7 +31,7 @@ from asymfuse.cloud.train.ames_config import AMESTrainConfig
 from asymfuse.edge.errors import ConfigError
 
 # A few epochs at 32 descriptors keep the stage near a minute on 2 CPU cores; the recipe (lr, negatives
-# from the global top-100) is the bench's (asymfuse.cloud.bench.ames_bench.TRAIN_BASE).
+# from the global top-100) is the bench's (asymfuse.cloud.bench.ames_bench_config.TRAIN_BASE).
 DEMO_AMES: dict[str, Any] = {"binary": True, "epochs": 4, "lq": 32, "lx": 32, "batch_size": 32, "lr": 5e-4,
                              "hard_negatives_k": 100, "warmup_steps": 5, "log_every": 5, "val": "val"}
 Vectors = tuple[np.ndarray, np.ndarray]  # (queries (nq, d), gallery (nb, d))
