@@ -60,6 +60,23 @@ def embed_images(query_net: nn.Module, images: Sequence[np.ndarray | str | os.Pa
     return _embed(query_net, len(images), load, device=device, batch_size=batch_size)
 
 
+def embed_pixels(query_net: nn.Module, pixels: np.ndarray, *, device: str | torch.device = "cpu",
+                 batch_size: int = 16) -> np.ndarray:
+    """Embed already preprocessed images (``(n, 3, H, W)`` float32, normalised by the net's spec).
+
+    Returns:
+        ``(n, d)`` float32, in input order.
+
+    Raises:
+        ConfigError, ShapeError: as :func:`embed_queries`, or ``pixels`` is not ``(n, 3, H, W)``.
+    """
+    arr = np.asarray(pixels)
+    if arr.ndim != 4 or arr.shape[1] != 3:
+        raise ShapeError(f"pixels must be (n, 3, H, W) preprocessed images, got shape {arr.shape}; "
+                         "use embed_images for raw images")
+    return _embed(query_net, len(arr), lambda i: arr[i], device=device, batch_size=batch_size, preprocessed=True)
+
+
 def fuse_table(mixer: nn.Module, table: GalleryTable, *, device: str | torch.device = "cpu",
                batch_size: int = 64) -> np.ndarray:
     """Fused gallery vectors of every table row: ``mixer(table.inputs(rows))`` batch by batch.
@@ -91,7 +108,7 @@ def fuse_table(mixer: nn.Module, table: GalleryTable, *, device: str | torch.dev
 # ---------------------------------------------------------------- internals
 
 def _embed(net: nn.Module, n: int, load: Callable[[int], np.ndarray], *, device: str | torch.device,
-           batch_size: int) -> np.ndarray:
+           batch_size: int, preprocessed: bool = False) -> np.ndarray:
     _check_batch_size(batch_size)
     spec = getattr(net, "spec", None)
     if not isinstance(spec, ModelSpec):
@@ -103,7 +120,9 @@ def _embed(net: nn.Module, n: int, load: Callable[[int], np.ndarray], *, device:
     with _eval_mode(net):
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            x = torch.from_numpy(preprocess([load(i) for i in range(start, stop)], spec)).to(device)
+            items = [load(i) for i in range(start, stop)]
+            batch = np.stack(items).astype(np.float32) if preprocessed else preprocess(items, spec)
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
             chunks.append(_to_numpy(net(x), rows=stop - start, what=f"query net images {start}..{stop - 1}"))
     return _stack(chunks)
 

@@ -172,8 +172,7 @@ def torch_reference(model: nn.Module, test: RetrievalDataset, *, batch_size: int
     Raises:
         ConfigError: the model has no ModelSpec ``spec``.
     """
-    import torch
-    from asymfuse.cloud.embed import embed_images
+    from asymfuse.cloud.embed import embed_images, embed_pixels
 
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ModelSpec):
@@ -181,14 +180,7 @@ def torch_reference(model: nn.Module, test: RetrievalDataset, *, batch_size: int
     device = next(model.parameters()).device
     gallery = embed_images(model, list(test.gallery_paths), device=device, batch_size=batch_size)
     images = query_images(test, spec)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            queries = np.concatenate([model(torch.from_numpy(images[i:i + batch_size]).to(device)).float().cpu()
-                                      .numpy() for i in range(0, len(images), batch_size)])
-    finally:
-        model.train(was_training)
+    queries = embed_pixels(model, images, device=device, batch_size=batch_size)
     metrics = retrieval_metrics(test, queries, gallery)
     return TorchReference(gallery=gallery, queries=queries.astype(np.float32), images=images,
                           map=float(metrics[MAP_KEY]), metrics=metrics)

@@ -3,7 +3,7 @@
 Rank matrices. Every metric takes ``ranks``: integer gallery indices ordered by decreasing
 similarity. The default ``layout="revisitop"`` is the revisitop convention, shape ``(R, nq)``:
 column ``i`` is the ranking of query ``i`` (``np.argsort(-S, axis=0)`` for ``S = xb @ xq.T``, or
-:func:`asymfuse.cloud.index.flat.ranks_for_revisitop`). ``layout="faiss"`` takes faiss's ``I``,
+:func:`asymfuse.cloud.eval.evaluate.rank_features`). ``layout="faiss"`` takes faiss's ``I``,
 shape ``(nq, R)``, row ``i`` for query ``i``. ``R`` is normally the gallery size ``nb``; a
 truncated ranking (``R < nb``) is allowed when ``n_gallery=nb`` is passed, and positives that
 are not ranked then count as never retrieved. A column may not repeat an index.

@@ -239,24 +239,3 @@ def search(xq: np.ndarray, xb: np.ndarray, *, k: int) -> tuple[np.ndarray, np.nd
     with FlatIndex(xb.shape[1]) as index:
         index.add(xb)
         return index.search(xq, k=k)
-
-
-def ranks_for_revisitop(xq: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    """Full rankings in the revisitop layout.
-
-    Args:
-        xq: ``(nq, d)`` queries.
-        xb: ``(nb, d)`` gallery.
-
-    Returns:
-        ``(nb, nq)`` int64: column ``i`` lists every gallery index by decreasing inner product
-        with ``xq[i]`` (ties by increasing index), ready for
-        :func:`asymfuse.cloud.eval.metrics.compute_map`. Memory: ``nb * nq * 12`` bytes while
-        searching.
-
-    Raises:
-        ShapeError, MissingDependencyError: as :func:`search`.
-    """
-    xb = as_float32_matrix(xb, "xb")
-    _, I = search(xq, xb, k=max(1, xb.shape[0]))
-    return np.ascontiguousarray(I.T)

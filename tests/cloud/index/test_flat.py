@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 from asymfuse.cloud.index import flat
-from asymfuse.cloud.index.flat import FlatIndex, ranks_for_revisitop, search
+from asymfuse.cloud.eval.evaluate import rank_features
+from asymfuse.cloud.index.flat import FlatIndex, search
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
 
 
@@ -85,10 +86,10 @@ def test_k_larger_than_nb_is_clipped():
     assert (I >= 0).all()
 
 
-def test_ranks_for_revisitop_layout():
+def test_rank_features_is_the_brute_force_ranking_in_revisitop_layout():
     rng = np.random.default_rng(2)
     xb, xq = _int_vectors(rng, 50, 3), _int_vectors(rng, 9, 3)
-    ranks = ranks_for_revisitop(xq, xb)
+    ranks = rank_features(xq, xb)
     assert ranks.shape == (50, 9) and ranks.dtype == np.int64
     np.testing.assert_array_equal(ranks, _brute_force(xq, xb, 50)[1].T)
     # every column is a permutation of the gallery

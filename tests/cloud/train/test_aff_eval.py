@@ -7,7 +7,7 @@ import pytest
 import torch
 from asymfuse.cloud.data.benchmark import dataset_name
 from asymfuse.cloud.data.registry import create_dataset
-from asymfuse.cloud.embed import embed_images, embed_queries, fuse_table
+from asymfuse.cloud.embed import embed_images, embed_pixels, embed_queries, fuse_table
 from asymfuse.cloud.eval.evaluate import evaluate_aff, evaluate_ranking, rank_features
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
 from asymfuse.cloud.features.gallery_table import load_gallery_table
@@ -56,6 +56,15 @@ def test_embed_images_accepts_arrays_and_paths(net, test_split):
         embed_images(net, paths, batch_size=0)
     with pytest.raises(ConfigError, match="lives on cpu"):
         embed_images(net, paths, device="meta")
+
+
+def test_embed_pixels_equals_embed_images_on_the_same_preprocessing(net, test_split):
+    paths = list(test_split.gallery_paths[:5])
+    pixels = preprocess([load_image(p) for p in paths], net.spec)
+    np.testing.assert_allclose(embed_pixels(net, pixels, batch_size=2), embed_images(net, paths, batch_size=4),
+                               atol=1e-6)
+    with pytest.raises(ShapeError, match="embed_images for raw images"):
+        embed_pixels(net, np.zeros((2, 64, 64, 3), np.float32))
 
 
 def test_a_diverged_net_is_reported(test_split):
