@@ -88,7 +88,7 @@ def gallery_of(ctx: AMESContext, model: Any, *, key: str, local: str, part: str)
         return ctx.locals(local, part, "gallery")
 
     def build() -> Any:
-        from asymfuse.cloud.ames.packed_store import build_packed_store
+        from asymfuse.cloud.ames.packed_build import build_packed_store
         from asymfuse.cloud.features.store import FeatureStore
 
         c = ctx.cfg

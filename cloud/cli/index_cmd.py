@@ -48,7 +48,7 @@ def run_fuse(args: argparse.Namespace) -> int:
 
 def run_pack_ames(args: argparse.Namespace) -> int:
     from asymfuse.cloud.ames.checkpoint import load_ames
-    from asymfuse.cloud.ames.packed_store import build_packed_store
+    from asymfuse.cloud.ames.packed_build import build_packed_store
     from asymfuse.cloud.features.store_reader import FeatureStore
 
     model, _ = load_ames(args.ames, variant="binary", device=args.device)

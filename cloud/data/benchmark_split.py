@@ -22,9 +22,9 @@ import numpy as np
 
 from asymfuse.cloud.data.benchmark_config import BenchmarkConfig
 from asymfuse.cloud.data.photos import Instance, Partition, Region
+from asymfuse.cloud.data.homography import visible_fraction
 from asymfuse.cloud.data.views import (JUNK_VISIBILITY, SourcePhoto, ViewParams, frame_size, occluder_box,
-                                       render_view, sample_view_params, view_homography, view_label,
-                                       visible_fraction)
+                                       render_view, sample_view_params, view_homography, view_label)
 from asymfuse.edge.errors import CorruptDataError
 
 

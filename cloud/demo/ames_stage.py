@@ -111,7 +111,7 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
     """
     from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
     from asymfuse.cloud.ames.options import RerankOptions
-    from asymfuse.cloud.ames.packed_store import build_packed_store
+    from asymfuse.cloud.ames.packed_build import build_packed_store
     from asymfuse.cloud.ames.scorer import AMESScorer
     from asymfuse.cloud.ames.sources import ArrayLocals
     from asymfuse.cloud.features.store import FeatureStore

@@ -12,12 +12,9 @@ import torch.nn.functional as F
 
 from asymfuse.cloud.ames.binary import pack_signs
 from asymfuse.cloud.ames.model import create_ames
-from asymfuse.cloud.ames.packed_store import (
-    MANIFEST,
-    PackedLocalStore,
-    build_packed_store,
-    projection_digest,
-)
+from asymfuse.cloud.ames.packed_build import build_packed_store
+from asymfuse.cloud.ames.packed_format import MANIFEST
+from asymfuse.cloud.ames.packed_store import PackedLocalStore, projection_digest
 from asymfuse.cloud.features.base import LocalFeatures
 from asymfuse.cloud.features.store import create_store_from_arrays
 from asymfuse.cloud.features.store_reader import FeatureStore

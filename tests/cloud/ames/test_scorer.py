@@ -159,7 +159,7 @@ def test_scorer_runs_in_eval_mode_and_restores_the_mode(models):
 
 
 def test_packed_store_and_array_locals_give_the_same_logits(tmp_path, models):
-    packed_store = pytest.importorskip("asymfuse.cloud.ames.packed_store")
+    from asymfuse.cloud.ames import packed_build
     model = models["binary"]
     desc, mask = gallery_arrays(seed=7)
     compact, counts = compact_valid(desc, mask)
@@ -167,7 +167,7 @@ def test_packed_store_and_array_locals_give_the_same_logits(tmp_path, models):
     feats = LocalFeatures(descriptors=compact, weights=(~pad).astype(np.float32), mask=pad,
                           xy=np.zeros((N, L, 2), np.float32), scale=np.ones((N, L), np.float32))
     store = create_store_from_arrays(tmp_path / "local", ids=[f"g{i}" for i in range(N)], features=feats)
-    with store, packed_store.build_packed_store(model, store, tmp_path / "packed", max_local=10) as packed:
+    with store, packed_build.build_packed_store(model, store, tmp_path / "packed", max_local=10) as packed:
         assert isinstance(packed, GalleryLocals)
         q, q_pad = query_arrays(seed=7)
         idx = np.array([4, 0, 1, 9, 2, 11])

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from asymfuse.cloud.data import homography as G
 from asymfuse.cloud.data import views as V
 from asymfuse.edge.errors import ConfigError, ShapeError
 
@@ -53,10 +54,10 @@ def test_visible_fraction_matches_brute_force_pixel_count(seed):
     expected = _brute_force_visible(BOX, params, max_side=400)
     size = V.frame_size(BOX, max_side=400)
     hmat = V.view_homography(BOX, params, size)
-    got = V.visible_fraction(BOX, hmat, size, occluder=V.occluder_box(params, size), grid=4096)
+    got = G.visible_fraction(BOX, hmat, size, occluder=V.occluder_box(params, size), grid=4096)
     assert 0.05 < expected < 0.95  # a partial view: the check can fail
     assert got == pytest.approx(expected, abs=0.005)
-    coarse = V.visible_fraction(BOX, hmat, size, occluder=V.occluder_box(params, size))
+    coarse = G.visible_fraction(BOX, hmat, size, occluder=V.occluder_box(params, size))
     assert coarse == pytest.approx(expected, abs=0.03)
 
 
@@ -67,34 +68,34 @@ def test_visible_fraction_partial_and_hand_computed():
     size = V.frame_size(BOX, max_side=100)  # aspect 1.25 -> (100, 80), scale 1
     assert size == (100, 80)
     hmat = V.view_homography(BOX, params, size)
-    assert V.visible_fraction(BOX, hmat, size) == pytest.approx(0.5, abs=1e-9)
+    assert G.visible_fraction(BOX, hmat, size) == pytest.approx(0.5, abs=1e-9)
     assert _brute_force_visible(BOX, params, max_side=100) == pytest.approx(0.5, abs=1e-9)
     left = V.view_homography(BOX, V.ViewParams(zoom=1.0, shift=(-0.5, 0.0)), size)
-    assert V.visible_fraction(BOX, left, size) == pytest.approx(0.5, abs=1e-9)
+    assert G.visible_fraction(BOX, left, size) == pytest.approx(0.5, abs=1e-9)
     down = V.view_homography(BOX, V.ViewParams(zoom=1.0, shift=(0.0, -0.25)), size)
-    assert V.visible_fraction(BOX, down, size) == pytest.approx(0.75, abs=1e-9)
+    assert G.visible_fraction(BOX, down, size) == pytest.approx(0.75, abs=1e-9)
     # The visible half fills view columns 50..99; an occluder over columns 50..74 hides half of it,
     # one over columns 0..49 hides nothing.
-    assert V.visible_fraction(BOX, hmat, size, occluder=(0, 0, 50, 80)) == pytest.approx(0.5, abs=1e-9)
+    assert G.visible_fraction(BOX, hmat, size, occluder=(0, 0, 50, 80)) == pytest.approx(0.5, abs=1e-9)
     occ = (50, 0, 75, 80)
-    assert V.visible_fraction(BOX, hmat, size, occluder=occ) == pytest.approx(0.25, abs=1e-9)
+    assert G.visible_fraction(BOX, hmat, size, occluder=occ) == pytest.approx(0.25, abs=1e-9)
 
 
 def test_bbx_hand_computed():
     size = V.frame_size(BOX, max_side=100)
     hmat = V.view_homography(BOX, V.ViewParams(zoom=0.8), size)
     # 100 x 80 region in a 100 x 80 frame at zoom 0.8: an 80 x 64 box centred in the frame.
-    assert V.region_bbx(BOX, hmat, size) == pytest.approx((10.0, 8.0, 90.0, 72.0), abs=1e-9)
+    assert G.region_bbx(BOX, hmat, size) == pytest.approx((10.0, 8.0, 90.0, 72.0), abs=1e-9)
     # Zoomed in, the box is clipped to the frame.
     hmat = V.view_homography(BOX, V.ViewParams(zoom=2.0), size)
-    assert V.region_bbx(BOX, hmat, size) == pytest.approx((0.0, 0.0, 100.0, 80.0))
+    assert G.region_bbx(BOX, hmat, size) == pytest.approx((0.0, 0.0, 100.0, 80.0))
 
 
 def test_homography_maps_corners():
-    src = V.region_corners(BOX)
+    src = G.region_corners(BOX)
     dst = src * 1.7 + np.array([3.0, -5.0]) + np.array([[0, 0], [4, 1], [-2, 3], [1, -1]])
-    hmat = V.homography_from_points(src, dst)
-    mapped, w = V.apply_homography(hmat, src)
+    hmat = G.homography_from_points(src, dst)
+    mapped, w = G.apply_homography(hmat, src)
     np.testing.assert_allclose(mapped, dst, atol=1e-9)
     assert np.all(w > 0)
 
@@ -118,7 +119,7 @@ def test_render_view_is_consistent_and_pure():
     size = (view.image.shape[1], view.image.shape[0])
     np.testing.assert_allclose(view.homography, V.view_homography(box, params, size))
     assert view.occluder == V.occluder_box(params, size)
-    assert view.visibility == V.visible_fraction(box, view.homography, size, occluder=view.occluder)
+    assert view.visibility == G.visible_fraction(box, view.homography, size, occluder=view.occluder)
     x1, y1, x2, y2 = view.bbx
     assert 0 <= x1 <= x2 <= size[0] and 0 <= y1 <= y2 <= size[1]
 
