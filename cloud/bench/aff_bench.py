@@ -70,7 +70,7 @@ LOG = logging.getLogger("asymfuse.bench.aff")
 # flat (28.56 -> 28.60 at 128 px); the random-start recipe (AdamW 3e-4, 5 epochs) reached 42.9 / 8.3
 # test symmetric / asymmetric where the starts give 71.7 / 34.9.
 QUICK_TRAIN: dict[str, Any] = {
-    "input_size": 128, "epochs": 3, "stage1_epochs": 1, "batch_size": 32, "dim": 256, "mixer_layers": 2,
+    "input_size": 128, "epochs": 3, "stage1_epochs": 1, "batch_size": 32, "embed_dim": 256, "mixer_layers": 2,
     "mixer_heads": 4, "local_tokens": 32, "preload_side": 160, "optimizer": "adamw", "lr": 1e-4,
     "bn_mode": "frozen", "gallery_features": ("gem_lite1", "sift"),
 }
@@ -310,7 +310,7 @@ def _arch_items(ctx: BenchContext, arch: str) -> list[PlanItem]:
     try:
         from asymfuse.cloud.models.flops import query_net_cost
 
-        cost: dict[str, Any] = query_net_cost(arch, size=base.input_size, embed_dim=base.dim)
+        cost: dict[str, Any] = query_net_cost(arch, size=base.input_size, embed_dim=base.embed_dim)
     except Exception as exc:  # the cost is informative only; the rows still run
         LOG.warning("GFLOPs of %s unavailable: %s", arch, exc)
         cost = {"gflops": None, "params_m": None}
@@ -361,7 +361,7 @@ def _info(cfg: AFFBenchConfig, ctx: BenchContext, *, best: str | None, t_prep: f
         f"({ctx.training_set.num_classes} classes), val {val.nq} queries / {val.nb} gallery, test {test.nq} "
         f"queries / {test.nb} gallery. Trained on train, selected on val (best epoch; best single gallery "
         f"feature = {best or 'n/a'}), reported on test (revisitop mAP %, bbx-cropped queries). Base config: "
-        f"{ctx.base.epochs} epochs, {ctx.base.input_size}px, d={ctx.base.dim}, batch {ctx.base.batch_size}, "
+        f"{ctx.base.epochs} epochs, {ctx.base.input_size}px, d={ctx.base.embed_dim}, batch {ctx.base.batch_size}, "
         f"query net {ctx.base.query_arch}. GFLOPs = 2 x multiply-adds per image. Preparation "
         f"(benchmark + features) {t_prep:.1f} s; total {runtime:.1f} s.")
     return {"tier": cfg.tier, "description": description, "best_single": best,

@@ -103,13 +103,13 @@ def single_feature(ctx: BenchContext, name: str, *, part: str = "test") -> RowOu
 
 
 def concat_symmetric(ctx: BenchContext, features: Sequence[str]) -> RowOutcome:
-    """Normalised concatenation PCA-whitened to ``base.dim``, the whitening fitted on the train split."""
+    """Normalised concatenation PCA-whitened to ``base.embed_dim``, the whitening fitted on the train split."""
     train = table_for(ctx, features, part="train")
-    mixer = create_mixer("concat", schema=train.schema, dim=ctx.base.dim, whiten=True)
+    mixer = create_mixer("concat", schema=train.schema, embed_dim=ctx.base.embed_dim, whiten=True)
     mixer.fit(train.inputs(np.arange(len(train))))
     mixer.to(ctx.device)
     outcome = _fused_symmetric(ctx, mixer, features)
-    return RowOutcome(outcome, notes=f"PCA-whitened to d={ctx.base.dim} on {len(train)} train images")
+    return RowOutcome(outcome, notes=f"PCA-whitened to d={ctx.base.embed_dim} on {len(train)} train images")
 
 
 def run_key(ctx: BenchContext, **changes: Any) -> str:

@@ -61,9 +61,9 @@ def run_aff_stage(cfg: TrainConfig, *, test: RetrievalDataset, out_dir: Path) ->
         asym = evaluate_aff(dataset=test, query_vectors=embed_queries(query_net, test), gallery_vectors=xb)
         tag = f" [{label}]" if label else ""
         kind = "AFF start (closed form)" if label else "AFF"
-        rows += [{"feature": f"{searches.symmetric.label}{tag}", "kind": f"{kind} symmetric", "dim": cfg.dim, **sym},
-                 {"feature": f"{searches.asymmetric.label}{tag}", "kind": f"{kind} asymmetric", "dim": cfg.dim,
-                  **asym}]
+        d = cfg.embed_dim
+        rows += [{"feature": f"{searches.symmetric.label}{tag}", "kind": f"{kind} symmetric", "dim": d, **sym},
+                 {"feature": f"{searches.asymmetric.label}{tag}", "kind": f"{kind} asymmetric", "dim": d, **asym}]
     curve = BenchRow(block="asymmetric", row="joint", setting="demo quick joint",
                      mAP_medium=asym["mAP_medium"], mAP_hard=asym["mAP_hard"], history=tuple(
                          {k: v for k, v in h.items() if k != "step_losses"} for h in result.history))

@@ -142,20 +142,20 @@ class ArcFaceHead(nn.Module):
     the same arguments are identical.
 
     Raises:
-        ConfigError: ``dim`` or ``num_classes`` < 1, bad ``scale``/``margin``.
+        ConfigError: ``embed_dim`` or ``num_classes`` < 1, bad ``scale``/``margin``.
     """
 
-    def __init__(self, *, dim: int, num_classes: int, scale: float = 32.0, margin: float = 0.3,
+    def __init__(self, *, embed_dim: int, num_classes: int, scale: float = 32.0, margin: float = 0.3,
                  seed: int = 0) -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("num_classes", num_classes)):
+        for name, value in (("embed_dim", embed_dim), ("num_classes", num_classes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ArcFaceHead {name} must be a positive int, got {value!r}")
         _check_scale_margin(scale, margin)
-        self.dim, self.num_classes = dim, num_classes
+        self.embed_dim, self.num_classes = embed_dim, num_classes
         self.scale, self.margin = float(scale), float(margin)
         gen = torch.Generator().manual_seed(int(seed))
-        init = torch.randn(num_classes, dim, generator=gen, dtype=torch.float32)
+        init = torch.randn(num_classes, embed_dim, generator=gen, dtype=torch.float32)
         self.weight = nn.Parameter(F.normalize(init, dim=1))
 
     def logits(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -171,4 +171,4 @@ class ArcFaceHead(nn.Module):
         return arcface_loss(x, self.weight, labels, scale=self.scale, margin=self.margin)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_classes={self.num_classes}, scale={self.scale}, margin={self.margin}"
+        return f"embed_dim={self.embed_dim}, num_classes={self.num_classes}, scale={self.scale}, margin={self.margin}"

@@ -115,7 +115,7 @@ def fit_gallery_classifier(features: np.ndarray | torch.Tensor, labels: np.ndarr
     y = torch.as_tensor(np.array(labels) if not isinstance(labels, torch.Tensor) else labels).cpu()
     y = _check_labels(y, batch=x.shape[0], num_classes=num_classes)
     dev = resolve_device(device)
-    head = ArcFaceHead(dim=x.shape[1], num_classes=num_classes, scale=scale, margin=margin, seed=seed)
+    head = ArcFaceHead(embed_dim=x.shape[1], num_classes=num_classes, scale=scale, margin=margin, seed=seed)
     with torch.no_grad():
         head.weight.copy_(_class_means(F.normalize(x, dim=1), y, head.weight))
     head.to(dev).train()

@@ -51,7 +51,7 @@ class TrainConfig:
     # what to train
     scheme: str = "joint"
     mixer: str = "transformer"          # transformer | mlp | concat
-    dim: int = 512                      # d, the fused/query embedding size
+    embed_dim: int = 512                # d, the fused/query embedding size
     mixer_layers: int = 4               # C
     mixer_heads: int = 8
     mixer_mlp_ratio: float = 2.0        # d_e = ratio * d
@@ -123,14 +123,14 @@ class TrainConfig:
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
         object.__setattr__(self, "gallery_features", tuple(self.gallery_features))
-        for name in ("dim", "mixer_layers", "mixer_heads", "local_tokens", "input_size", "epochs",
+        for name in ("embed_dim", "mixer_layers", "mixer_heads", "local_tokens", "input_size", "epochs",
                      "batch_size", "csd_k", "val_every", "log_every", "classifier_epochs"):
             check_positive_int(name, getattr(self, name))
         for name in ("stage1_epochs", "warmup_steps", "workers", "preload_side", "seed", "patience", "start_views"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
-        if self.dim % self.mixer_heads:
-            raise ConfigError(f"dim={self.dim} must be divisible by mixer_heads={self.mixer_heads}")
+        if self.embed_dim % self.mixer_heads:
+            raise ConfigError(f"embed_dim={self.embed_dim} must be divisible by mixer_heads={self.mixer_heads}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"alpha must lie in [0, 1], got {self.alpha}")
         if not 0.0 < self.crop_scale_min <= 1.0 or not 0.0 <= self.color_jitter < 1.0:

@@ -55,14 +55,14 @@ class AFFSystem(nn.Module):
         self.query_net = query_net
         self.stage = "joint"
         s, m = config.arcface_scale, config.arcface_margin
-        self.head_mix = ArcFaceHead(dim=mixer.dim, num_classes=num_classes, scale=s, margin=m,
+        self.head_mix = ArcFaceHead(embed_dim=mixer.embed_dim, num_classes=num_classes, scale=s, margin=m,
                                     seed=config.seed) if mixer is not None else None
         self.ema = None
         if self.head_mix is not None and config.trains_query:
             self.ema = EMAClassifier(source=self.head_mix.weight.detach(), alpha=config.alpha, scale=s, margin=m)
         self.head_q = None
         if self.scheme == "symmetric" and query_net is not None:
-            self.head_q = ArcFaceHead(dim=query_net.embed_dim, num_classes=num_classes, scale=s, margin=m,
+            self.head_q = ArcFaceHead(embed_dim=query_net.embed_dim, num_classes=num_classes, scale=s, margin=m,
                                       seed=config.seed)
         self.register_buffer("gallery_weight", gallery_weight, persistent=gallery_weight is not None)
         # The CSD bank is rebuilt from the feature store; kept out of the state dict and out of

@@ -194,7 +194,7 @@ def mixer_kwargs(cfg: TrainConfig) -> dict:
         return {"layers": cfg.mixer_layers, "heads": cfg.mixer_heads, "mlp_ratio": cfg.mixer_mlp_ratio,
                 "anchor": cfg.mixer_start == "pca"}
     if cfg.mixer == "mlp":
-        return {"hidden": int(cfg.mixer_mlp_ratio * cfg.dim)}
+        return {"hidden": int(cfg.mixer_mlp_ratio * cfg.embed_dim)}
     return {"whiten": True}
 
 
@@ -215,7 +215,8 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
     mixer = None
     start_x = start_labels = None  # start-space rows, computed once for the query head and the classifier
     if cfg.trains_mixer:
-        mixer = create_mixer(cfg.mixer, schema=table.schema, dim=cfg.dim, seed=cfg.seed, **mixer_kwargs(cfg))
+        mixer = create_mixer(cfg.mixer, schema=table.schema, embed_dim=cfg.embed_dim, seed=cfg.seed,
+                             **mixer_kwargs(cfg))
         # the PCA whitening of concat, or of the anchored transformer's start, learnt on the training
         # rows (plus the crop views' rows when there are any)
         try:
@@ -225,7 +226,7 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
                               "mixer_start=random") from exc
     query_net, gallery_weight, bank = None, None, None
     if cfg.trains_query:
-        embed_dim = cfg.dim
+        embed_dim = cfg.embed_dim
         if cfg.scheme in SINGLE_GALLERY_SCHEMES:
             slot = table.schema.slots[0]
             if slot.kind != "global":

@@ -31,7 +31,7 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     cfg = DemoConfig(out_dir=str(tmp_path / "demo"), global_extractors=("gem_lite1",),
                      local_extractors=("sift",), vlad_words=8, codebook_images=20, progress=False,
                      benchmark=BenchmarkConfig(photos=photos, n_views=3),
-                     aff_overrides=(("epochs", 1), ("input_size", 64), ("preload_side", 80), ("dim", 64)),
+                     aff_overrides=(("epochs", 1), ("input_size", 64), ("preload_side", 80), ("embed_dim", 64)),
                      ames_overrides=(("epochs", 1),), export_targets=(("onnx", "fp32"), ("tflite", "fp32")),
                      export_calibration=8)
     report = run_demo(cfg)

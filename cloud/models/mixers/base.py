@@ -38,28 +38,28 @@ class Mixer(nn.Module):
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
 
-    def __init__(self, *, schema: GallerySchema, dim: int, options: dict[str, Any]) -> None:
+    def __init__(self, *, schema: GallerySchema, embed_dim: int, options: dict[str, Any]) -> None:
         """
         Args:
             schema: the gallery inputs, in order.
-            dim: output dimension d.
+            embed_dim: output dimension d.
             options: the subclass keyword options, as :meth:`config` should record them
                 (JSON-able values, defaults resolved).
 
         Raises:
-            ConfigError: ``schema`` is not a GallerySchema or ``dim`` is not a positive int.
+            ConfigError: ``schema`` is not a GallerySchema or ``embed_dim`` is not a positive int.
         """
         super().__init__()
         check_schema(f"mixer {self.name!r}", schema)
-        check_positive_int(f"mixer {self.name!r}: dim", dim)
+        check_positive_int(f"mixer {self.name!r}: embed_dim", embed_dim)
         self.schema = schema
-        self._dim = int(dim)
+        self._embed_dim = int(embed_dim)
         self._options = dict(options)
 
     @property
-    def dim(self) -> int:
+    def embed_dim(self) -> int:
         """Output dimension d."""
-        return self._dim
+        return self._embed_dim
 
     def forward(self, inputs: FusionInputs) -> torch.Tensor:
         """Fuse one batch.
@@ -99,13 +99,13 @@ class Mixer(nn.Module):
         """JSON-able description that :func:`mixer_from_config` rebuilds the architecture from.
 
         Returns:
-            ``{"name", "dim", "kwargs", "schema"}``; weights are not included (use state_dict).
+            ``{"name", "embed_dim", "kwargs", "schema"}``; weights are not included (use state_dict).
         """
-        return {"name": self.name, "dim": self.dim, "kwargs": dict(self._options),
+        return {"name": self.name, "embed_dim": self.embed_dim, "kwargs": dict(self._options),
                 "schema": self.schema.to_dict()}
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, dim={self.dim}, slots={list(self.schema.names)}"
+        return f"name={self.name!r}, embed_dim={self.embed_dim}, slots={list(self.schema.names)}"
 
 
 def check_positive_int(what: str, value: object) -> int:

@@ -7,15 +7,15 @@ concatenated in schema order and scaled by ``1 / sqrt(K + M)``, so the result is
 ``D = sum_k D_k + sum_m d_m``.
 
 Dimension rule:
-    - ``whiten=True`` (default): ``dim`` is the PCA-whitened output dimension, ``1 <= dim <= D``,
+    - ``whiten=True`` (default): ``embed_dim`` is the PCA-whitened output dimension, ``1 <= embed_dim <= D``,
       and :meth:`ConcatMixer.fit` must run on training rows before ``forward``; fitting needs
-      ``dim <= min(N - 1, D)`` for N training rows.
-    - ``whiten=False``: the output is the plain concatenation, so ``dim`` must be ``None`` or
+      ``embed_dim <= min(N - 1, D)`` for N training rows.
+    - ``whiten=False``: the output is the plain concatenation, so ``embed_dim`` must be ``None`` or
       exactly ``D`` (anything else is a ConfigError rather than being silently ignored);
-      :attr:`ConcatMixer.dim` is then ``D``.
+      :attr:`ConcatMixer.embed_dim` is then ``D``.
 
 Whitening (learnt by :meth:`ConcatMixer.fit`, computed in float64): centre on the training mean
-``mu``, eigendecompose the covariance ``C = Xc^T Xc / (N - 1)``, keep the top ``dim`` eigenvectors
+``mu``, eigendecompose the covariance ``C = Xc^T Xc / (N - 1)``, keep the top ``embed_dim`` eigenvectors
 ``v_i`` (sign fixed so that each one's largest-magnitude entry is positive) and project
 ``y = (x - mu) @ [v_i / sqrt(lambda_i + eps)]`` with ``eps = 1e-6 * lambda_max``. The relative
 ``eps`` keeps near-null directions from being blown up by at most a factor 1e3 relative to the
@@ -40,40 +40,41 @@ RELATIVE_EPS = 1e-6
 
 
 class ConcatMixer(Mixer):
-    """Normalised concatenation (+ PCA whitening): ``FusionInputs`` -> ``(B, dim)`` float32, unit-norm."""
+    """Normalised concatenation (+ PCA whitening): ``FusionInputs`` -> ``(B, embed_dim)`` float32, unit-norm."""
 
     name = "concat"
     trainable = False
 
-    def __init__(self, *, schema: GallerySchema, dim: int | None, whiten: bool = True) -> None:
+    def __init__(self, *, schema: GallerySchema, embed_dim: int | None, whiten: bool = True) -> None:
         """
         Args:
             schema: the K global + M local inputs.
-            dim: whitened output dimension (``whiten=True``), or ``None`` / the concatenated
+            embed_dim: whitened output dimension (``whiten=True``), or ``None`` / the concatenated
                 dimension D (``whiten=False``); see the module docstring.
             whiten: learn a PCA whitening with :meth:`fit`.
 
         Raises:
-            ConfigError: ``whiten`` not a bool, or ``dim`` breaks the rule above.
+            ConfigError: ``whiten`` not a bool, or ``embed_dim`` breaks the rule above.
         """
         if not isinstance(whiten, bool):
             raise ConfigError(f"concat mixer: whiten must be True or False, got {whiten!r}")
         total = sum(s.dim for s in check_schema("concat mixer", schema).slots)
         out_dim = total
         if whiten:
-            out_dim = check_positive_int("concat mixer: dim", dim)
+            out_dim = check_positive_int("concat mixer: embed_dim", embed_dim)
             if out_dim > total:
-                raise ConfigError(f"concat mixer: whitened dim={dim} exceeds the concatenated dimension {total}; "
-                                  f"use dim <= {total} or whiten=False")
-        elif dim is not None and dim != total:
+                raise ConfigError(f"concat mixer: whitened embed_dim={embed_dim} exceeds the concatenated dimension "
+                                  f"{total}; "
+                                  f"use embed_dim <= {total} or whiten=False")
+        elif embed_dim is not None and embed_dim != total:
             raise ConfigError(f"concat mixer: with whiten=False the output is the plain concatenation of "
-                              f"dimension {total}; pass dim=None or dim={total}, or set whiten=True")
-        super().__init__(schema=schema, dim=out_dim, options={"whiten": whiten})
+                              f"dimension {total}; pass embed_dim=None or embed_dim={total}, or set whiten=True")
+        super().__init__(schema=schema, embed_dim=out_dim, options={"whiten": whiten})
         self.whiten = whiten
         self.input_dim = total
         if whiten:
             self.register_buffer("mean", torch.zeros(total))
-            self.register_buffer("projection", torch.zeros(total, self.dim))
+            self.register_buffer("projection", torch.zeros(total, self.embed_dim))
             self.register_buffer("fitted", torch.tensor(False))
 
     def concatenate(self, inputs: FusionInputs) -> torch.Tensor:
@@ -90,7 +91,7 @@ class ConcatMixer(Mixer):
 
         Raises:
             ShapeError: the batch does not match the schema.
-            ConfigError: ``dim > min(N - 1, D)``, or the training features are all identical.
+            ConfigError: ``embed_dim > min(N - 1, D)``, or the training features are all identical.
         """
         inputs.check(self.schema)
         if not self.whiten:
@@ -98,25 +99,26 @@ class ConcatMixer(Mixer):
         x = self.concatenate(inputs).to("cpu", torch.float64)
         n = x.shape[0]
         limit = min(n - 1, self.input_dim)
-        if self.dim > limit:
-            raise ConfigError(f"concat mixer: whitening to dim={self.dim} needs dim <= min(N - 1, D) = {limit} "
-                              f"(N={n} training rows, D={self.input_dim}); lower dim or fit on more rows")
+        if self.embed_dim > limit:
+            raise ConfigError(f"concat mixer: whitening to embed_dim={self.embed_dim} needs embed_dim <= "
+                              f"min(N - 1, D) = {limit} "
+                              f"(N={n} training rows, D={self.input_dim}); lower embed_dim or fit on more rows")
         mean = x.mean(dim=0)
         xc = x - mean
         evals, evecs = torch.linalg.eigh(xc.T @ xc / (n - 1))  # ascending
-        evals, evecs = evals.flip(0)[: self.dim], evecs.flip(1)[:, : self.dim]
+        evals, evecs = evals.flip(0)[: self.embed_dim], evecs.flip(1)[:, : self.embed_dim]
         top = float(evals[0])
         if not top > 0:
             raise ConfigError("concat mixer: the training features have zero variance; fit on distinct rows")
         rows = evecs.abs().argmax(dim=0)
-        evecs = evecs * torch.sign(evecs[rows, torch.arange(self.dim)])
+        evecs = evecs * torch.sign(evecs[rows, torch.arange(self.embed_dim)])
         projection = evecs / torch.sqrt(evals.clamp_min(0.0) + RELATIVE_EPS * top)
         self.mean.copy_(mean.to(self.mean))
         self.projection.copy_(projection.to(self.projection))
         self.fitted.fill_(True)
 
     def mix(self, inputs: FusionInputs) -> torch.Tensor:
-        """``(B, dim)``: the scaled concatenation, whitened when ``whiten=True`` (not yet normalised).
+        """``(B, embed_dim)``: the scaled concatenation, whitened when ``whiten=True`` (not yet normalised).
 
         Raises:
             ConfigError: ``whiten=True`` and :meth:`fit` has not run (nor a fitted state dict loaded).

@@ -22,22 +22,22 @@ class MLPMixer(Mixer):
     name = "mlp"
     trainable = True
 
-    def __init__(self, *, schema: GallerySchema, dim: int, hidden: int | None = None, layers: int = 2) -> None:
+    def __init__(self, *, schema: GallerySchema, embed_dim: int, hidden: int | None = None, layers: int = 2) -> None:
         """
         Args:
             schema: the K global + M local inputs.
-            dim: output dimension d.
-            hidden: width of the hidden layers; default ``2 * dim``. Unused when ``layers == 1``.
+            embed_dim: output dimension d.
+            hidden: width of the hidden layers; default ``2 * embed_dim``. Unused when ``layers == 1``.
             layers: number of Linear layers (1 = a single linear map ``D -> d``).
 
         Raises:
             ConfigError: a non-positive size.
         """
         check_positive_int("mlp mixer: layers", layers)
-        check_positive_int("mlp mixer: dim", dim)
-        hidden = 2 * dim if hidden is None else check_positive_int("mlp mixer: hidden", hidden)
-        super().__init__(schema=schema, dim=dim, options={"hidden": hidden, "layers": layers})
-        widths = [sum(s.dim for s in schema.slots)] + [hidden] * (layers - 1) + [dim]
+        check_positive_int("mlp mixer: embed_dim", embed_dim)
+        hidden = 2 * embed_dim if hidden is None else check_positive_int("mlp mixer: hidden", hidden)
+        super().__init__(schema=schema, embed_dim=embed_dim, options={"hidden": hidden, "layers": layers})
+        widths = [sum(s.dim for s in schema.slots)] + [hidden] * (layers - 1) + [embed_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
     def mix(self, inputs: FusionInputs) -> torch.Tensor:

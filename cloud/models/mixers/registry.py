@@ -1,10 +1,10 @@
-"""Mixer registry: ``create_mixer(name, schema=..., dim=...)`` and ``mixer_from_config(cfg)``.
+"""Mixer registry: ``create_mixer(name, schema=..., embed_dim=...)`` and ``mixer_from_config(cfg)``.
 
 =============== ======================================== =============================================
 name            class                                    options (defaults)
 =============== ======================================== =============================================
 ``transformer`` :class:`~.transformer.TransformerMixer`  ``layers=4, heads=8, mlp_ratio=2.0`` (AFF)
-``mlp``         :class:`~.mlp.MLPMixer`                  ``hidden=2*dim, layers=2``
+``mlp``         :class:`~.mlp.MLPMixer`                  ``hidden=2*embed_dim, layers=2``
 ``concat``      :class:`~.concat.ConcatMixer`            ``whiten=True`` (needs ``fit``; not trainable)
 =============== ======================================== =============================================
 
@@ -34,27 +34,27 @@ MIXERS: Registry[type[Mixer]] = Registry("mixer")
 for _cls in (TransformerMixer, MLPMixer, ConcatMixer):
     MIXERS.register(_cls.name)(_cls)
 
-CONFIG_KEYS = ("name", "dim", "kwargs", "schema")
+CONFIG_KEYS = ("name", "embed_dim", "kwargs", "schema")
 
 
 def mixer_options(name: str) -> list[str]:
-    """The keyword options mixer ``name`` takes besides ``schema`` and ``dim``, sorted.
+    """The keyword options mixer ``name`` takes besides ``schema`` and ``embed_dim``, sorted.
 
     Raises:
         UnknownNameError: unknown name.
     """
     params = inspect.signature(MIXERS.get(name).__init__).parameters
-    return sorted(set(params) - {"self", "schema", "dim"})
+    return sorted(set(params) - {"self", "schema", "embed_dim"})
 
 
-def create_mixer(name: str, *, schema: GallerySchema, dim: int | None, device: str | torch.device = "cpu",
+def create_mixer(name: str, *, schema: GallerySchema, embed_dim: int | None, device: str | torch.device = "cpu",
                  seed: int = 0, **kwargs: Any) -> Mixer:
     """Build a mixer with deterministic initial weights.
 
     Args:
         name: ``"transformer"``, ``"mlp"`` or ``"concat"`` (see the module table).
         schema: the K global + M local gallery inputs.
-        dim: output dimension d (for ``concat`` with ``whiten=False``: None or the concatenated dim).
+        embed_dim: output dimension d (for ``concat`` with ``whiten=False``: None or the concatenated dimension).
         device: where the module lives.
         seed: seed of the initialisation (same seed -> identical weights).
         **kwargs: the mixer's options.
@@ -77,7 +77,7 @@ def create_mixer(name: str, *, schema: GallerySchema, dim: int | None, device: s
     target = resolve_device(device)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # layer constructors draw from the global RNG; undo that
-        mixer = cls(schema=schema, dim=dim, **kwargs)
+        mixer = cls(schema=schema, embed_dim=embed_dim, **kwargs)
     mixer.reset_parameters(generator=generator)
     return mixer.to(target)
 
@@ -86,13 +86,16 @@ def mixer_from_config(cfg: dict[str, Any], *, device: str | torch.device = "cpu"
     """Rebuild the architecture that :meth:`Mixer.config` describes (weights: ``load_state_dict``).
 
     Args:
-        cfg: ``{"name", "dim", "kwargs", "schema"}`` as returned by ``Mixer.config()``.
+        cfg: ``{"name", "embed_dim", "kwargs", "schema"}`` as returned by ``Mixer.config()`` (files
+            written before the rename carry ``"dim"``; it is read as ``embed_dim``).
         device: where the module lives.
 
     Raises:
         ConfigError: missing or extra keys, a malformed schema or bad options.
         UnknownNameError: unknown mixer name.
     """
+    if isinstance(cfg, dict) and "dim" in cfg and "embed_dim" not in cfg:
+        cfg = {("embed_dim" if k == "dim" else k): v for k, v in cfg.items()}
     if not isinstance(cfg, dict) or set(cfg) != set(CONFIG_KEYS):
         got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
         raise ConfigError(f"a mixer config needs exactly the keys {list(CONFIG_KEYS)}, got {got}; "
@@ -100,4 +103,4 @@ def mixer_from_config(cfg: dict[str, Any], *, device: str | torch.device = "cpu"
     if not isinstance(cfg["kwargs"], dict):
         raise ConfigError(f"mixer config 'kwargs' must be a dict, got {cfg['kwargs']!r}")
     schema = GallerySchema.from_dict(cfg["schema"])
-    return create_mixer(cfg["name"], schema=schema, dim=cfg["dim"], device=device, **cfg["kwargs"])
+    return create_mixer(cfg["name"], schema=schema, embed_dim=cfg["embed_dim"], device=device, **cfg["kwargs"])

@@ -44,15 +44,15 @@ class PostLNBlock(nn.Module):
     """One post-LN transformer layer over ``(B, N, d)`` tokens; attention via
     :func:`torch.nn.functional.scaled_dot_product_attention` with a key-padding mask."""
 
-    def __init__(self, *, dim: int, heads: int, hidden: int) -> None:
+    def __init__(self, *, embed_dim: int, heads: int, hidden: int) -> None:
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.fc1 = nn.Linear(embed_dim, hidden)
+        self.fc2 = nn.Linear(hidden, embed_dim)
+        self.norm2 = nn.LayerNorm(embed_dim)
 
     def forward(self, z: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         """
@@ -76,12 +76,12 @@ class TransformerMixer(Mixer):
     name = "transformer"
     trainable = True
 
-    def __init__(self, *, schema: GallerySchema, dim: int, layers: int = 4, heads: int = 8,
+    def __init__(self, *, schema: GallerySchema, embed_dim: int, layers: int = 4, heads: int = 8,
                  mlp_ratio: float = 2.0, anchor: bool = False) -> None:
         """
         Args:
             schema: the K global + M local inputs.
-            dim: token and output dimension d; must be divisible by ``heads``.
+            embed_dim: token and output dimension d; must be divisible by ``heads``.
             layers: number C of post-LN layers.
             heads: attention heads.
             mlp_ratio: MLP hidden width d_e = round(mlp_ratio * d).
@@ -90,7 +90,7 @@ class TransformerMixer(Mixer):
                 ``d <= sum of the input dimensions``.
 
         Raises:
-            ConfigError: a non-positive size, ``dim`` not divisible by ``heads``, ``anchor`` not a
+            ConfigError: a non-positive size, ``embed_dim`` not divisible by ``heads``, ``anchor`` not a
                 bool, or an anchor wider than the concatenated inputs.
         """
         check_positive_int("transformer mixer: layers", layers)
@@ -102,17 +102,17 @@ class TransformerMixer(Mixer):
         options = {"layers": layers, "heads": heads, "mlp_ratio": float(mlp_ratio)}
         if anchor:  # recorded only when on, so configs written before the option still match
             options["anchor"] = True
-        super().__init__(schema=schema, dim=dim, options=options)
-        if dim % heads:
-            raise ConfigError(f"transformer mixer: dim={dim} must be divisible by heads={heads}; "
+        super().__init__(schema=schema, embed_dim=embed_dim, options=options)
+        if embed_dim % heads:
+            raise ConfigError(f"transformer mixer: embed_dim={embed_dim} must be divisible by heads={heads}; "
                               "change one of them")
-        hidden = max(1, round(mlp_ratio * dim))
-        self.global_proj = nn.ModuleList(nn.Linear(s.dim, dim) for s in schema.global_slots)
-        self.local_proj = nn.ModuleList(nn.Linear(s.dim, dim) for s in schema.local_slots)
-        self.fusion_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.blocks = nn.ModuleList(PostLNBlock(dim=dim, heads=heads, hidden=hidden) for _ in range(layers))
-        self.anchor = ConcatMixer(schema=schema, dim=dim, whiten=True) if anchor else None
-        self.out_proj = nn.Linear(dim, dim) if anchor else None
+        hidden = max(1, round(mlp_ratio * embed_dim))
+        self.global_proj = nn.ModuleList(nn.Linear(s.dim, embed_dim) for s in schema.global_slots)
+        self.local_proj = nn.ModuleList(nn.Linear(s.dim, embed_dim) for s in schema.local_slots)
+        self.fusion_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.blocks = nn.ModuleList(PostLNBlock(embed_dim=embed_dim, heads=heads, hidden=hidden) for _ in range(layers))
+        self.anchor = ConcatMixer(schema=schema, embed_dim=embed_dim, whiten=True) if anchor else None
+        self.out_proj = nn.Linear(embed_dim, embed_dim) if anchor else None
 
     def reset_parameters(self, *, generator: torch.Generator) -> None:
         """Standard Linear/LayerNorm init plus a N(0, 0.02^2) fusion token, all from ``generator``."""
@@ -129,7 +129,7 @@ class TransformerMixer(Mixer):
 
         Raises:
             ShapeError: the batch does not match the schema.
-            ConfigError: ``dim > min(N - 1, D)`` or constant features (see ConcatMixer.fit).
+            ConfigError: ``embed_dim > min(N - 1, D)`` or constant features (see ConcatMixer.fit).
         """
         inputs.check(self.schema)
         if self.anchor is not None:
@@ -144,7 +144,7 @@ class TransformerMixer(Mixer):
         """
         dtype = self.fusion_token.dtype
         b = inputs.batch_size
-        parts = [self.fusion_token.expand(b, 1, self.dim)]
+        parts = [self.fusion_token.expand(b, 1, self.embed_dim)]
         parts += [proj(g.to(dtype)).unsqueeze(1) for proj, g in zip(self.global_proj, inputs.globals_)]
         for proj, x, m in zip(self.local_proj, inputs.locals_, inputs.local_masks):
             parts.append(proj(x.to(dtype).masked_fill(m.unsqueeze(-1), 0.0)))

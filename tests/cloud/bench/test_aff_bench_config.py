@@ -34,9 +34,9 @@ def test_tiers_share_one_base_config_and_differ_where_documented():
 
 
 def test_overrides_route_to_bench_or_training_and_reject_unknown_keys():
-    cfg = AFFBenchConfig.quick().with_overrides({"epochs": 4, "dim": 64, "query_archs": "mobilenet_v2",
+    cfg = AFFBenchConfig.quick().with_overrides({"epochs": 4, "embed_dim": 64, "query_archs": "mobilenet_v2",
                                                  "blocks": ["asymmetric", "symmetric"], "device": "cpu"})
-    assert cfg.train.epochs == 4 and cfg.train.stage1_epochs == 2 and cfg.train.dim == 64
+    assert cfg.train.epochs == 4 and cfg.train.stage1_epochs == 2 and cfg.train.embed_dim == 64
     assert cfg.query_archs == ("mobilenet_v2",)
     assert cfg.blocks == ("symmetric", "asymmetric")  # table order
     with pytest.raises(ConfigError, match="bogus"):
@@ -46,7 +46,7 @@ def test_overrides_route_to_bench_or_training_and_reject_unknown_keys():
     with pytest.raises(ConfigError):
         cfg.with_overrides({"query_archs": ["resnet9000"]})
     with pytest.raises(ConfigError):
-        cfg.with_overrides({"dim": 30})  # not divisible by mixer_heads
+        cfg.with_overrides({"embed_dim": 30})  # not divisible by mixer_heads
 
 
 def test_single_vectors_mean_pool_local_sets_and_normalise_globals(tmp_path: Path):

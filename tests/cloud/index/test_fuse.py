@@ -37,7 +37,7 @@ def _stores(root, *, gd=GD, ids=None):
 @pytest.fixture()
 def mixer_file(tmp_path):
     schema = GallerySchema((FeatureSlot("g", "global", GD), FeatureSlot("l", "local", LD, max_local=L)))
-    mixer = create_mixer("transformer", schema=schema, dim=8, layers=1, heads=2, seed=3).eval()
+    mixer = create_mixer("transformer", schema=schema, embed_dim=8, layers=1, heads=2, seed=3).eval()
     return save_mixer(mixer, tmp_path / "mixer.pt", embedding_space_id="es-0123456789abcdef"), mixer
 
 

@@ -110,10 +110,10 @@ def test_float32_under_autocast():
 
 
 def test_head_is_deterministic_and_trains():
-    a, b = ArcFaceHead(dim=8, num_classes=4, seed=7), ArcFaceHead(dim=8, num_classes=4, seed=7)
+    a, b = ArcFaceHead(embed_dim=8, num_classes=4, seed=7), ArcFaceHead(embed_dim=8, num_classes=4, seed=7)
     assert isinstance(a.weight, torch.nn.Parameter) and a.weight.shape == (4, 8)
     assert torch.equal(a.weight, b.weight)
-    assert not torch.equal(a.weight, ArcFaceHead(dim=8, num_classes=4, seed=8).weight)
+    assert not torch.equal(a.weight, ArcFaceHead(embed_dim=8, num_classes=4, seed=8).weight)
     torch.testing.assert_close(a.weight.norm(dim=1), torch.ones(4))
     x, y = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 0, 1])
     with torch.no_grad():
@@ -142,4 +142,4 @@ def test_bad_inputs():
     with pytest.raises(ConfigError, match="margin"):
         arcface_logits(x, w, y, margin=-0.1)
     with pytest.raises(ConfigError, match="num_classes"):
-        ArcFaceHead(dim=4, num_classes=0)
+        ArcFaceHead(embed_dim=4, num_classes=0)

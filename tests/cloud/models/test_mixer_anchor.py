@@ -14,14 +14,14 @@ DIM = 32
 
 
 def anchored(seed: int = 0):
-    mixer = create_mixer("transformer", schema=SCHEMA, dim=DIM, layers=2, heads=4, anchor=True, seed=seed)
+    mixer = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=2, heads=4, anchor=True, seed=seed)
     mixer.fit(make_inputs(80, seed=1))
     return mixer.eval()
 
 
 def test_untrained_anchored_mixer_equals_the_fitted_whitened_concatenation():
     train, x = make_inputs(80, seed=1), make_inputs(9, seed=2)
-    concat = create_mixer("concat", schema=SCHEMA, dim=DIM, whiten=True)
+    concat = create_mixer("concat", schema=SCHEMA, embed_dim=DIM, whiten=True)
     concat.fit(train)
     with torch.no_grad():
         torch.testing.assert_close(anchored()(x), concat(x), atol=1e-6, rtol=0)
@@ -42,7 +42,7 @@ def test_anchored_mixer_differs_from_its_anchor_after_one_gradient_step():
 
 
 def test_anchored_mixer_refuses_forward_before_fit():
-    mixer = create_mixer("transformer", schema=SCHEMA, dim=DIM, layers=2, heads=4, anchor=True)
+    mixer = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=2, heads=4, anchor=True)
     with pytest.raises(ConfigError, match="fit"):
         mixer(make_inputs(3))
 
@@ -58,10 +58,10 @@ def test_anchored_mixer_round_trips_through_config_and_state_dict():
 
 
 def test_plain_mixer_config_has_no_anchor_key_and_bad_anchor_is_refused():
-    plain = create_mixer("transformer", schema=SCHEMA, dim=DIM, layers=2, heads=4)
+    plain = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=2, heads=4)
     assert "anchor" not in plain.config()["kwargs"] and plain.anchor is None
     with pytest.raises(ConfigError, match="anchor"):
-        create_mixer("transformer", schema=SCHEMA, dim=DIM, layers=2, heads=4, anchor="yes")
-    wide = create_mixer("transformer", schema=SCHEMA, dim=DIM, layers=2, heads=4, anchor=True)
+        create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=2, heads=4, anchor="yes")
+    wide = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=2, heads=4, anchor=True)
     with pytest.raises(ConfigError, match="dim"):
         wide.fit(make_inputs(10, seed=5))  # 10 rows cannot whiten to 32 dims

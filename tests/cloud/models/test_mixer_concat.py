@@ -56,18 +56,18 @@ def numpy_whitening(train: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray
 
 
 def build(*, dim: int | None = 20, whiten: bool = True) -> ConcatMixer:
-    mixer = create_mixer("concat", schema=SCHEMA, dim=dim, whiten=whiten)
+    mixer = create_mixer("concat", schema=SCHEMA, embed_dim=dim, whiten=whiten)
     assert isinstance(mixer, ConcatMixer)
     return mixer
 
 
 def test_plain_concatenation_matches_numpy_and_is_unit_norm_before_normalising():
     mixer, x = build(dim=None, whiten=False), make_inputs(7, full=True)
-    assert mixer.dim == TOTAL and not list(mixer.parameters()) and not list(mixer.buffers())
+    assert mixer.embed_dim == TOTAL and not list(mixer.parameters()) and not list(mixer.buffers())
     np.testing.assert_allclose(mixer.concatenate(x).norm(dim=1).numpy(), 1.0, atol=1e-6)
     np.testing.assert_allclose(mixer(x).numpy(), unit(numpy_concat(x)), atol=1e-6)
     mixer.fit(x)  # no-op without whitening
-    assert mixer_from_config(mixer.config()).dim == TOTAL
+    assert mixer_from_config(mixer.config()).embed_dim == TOTAL
 
 
 def test_whitening_matches_numpy_up_to_sign_and_whitens_the_training_rows():

@@ -33,7 +33,7 @@ def make_inputs(n: int, *, seed: int = 0) -> FusionInputs:
 
 
 def build(layers: int = 2, seed: int = 0) -> TransformerMixer:
-    mixer = create_mixer("transformer", schema=SCHEMA, dim=DIM, layers=layers, heads=4, seed=seed)
+    mixer = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=layers, heads=4, seed=seed)
     assert isinstance(mixer, TransformerMixer)
     return mixer.eval()
 
@@ -117,7 +117,7 @@ def reference_forward(mixer: TransformerMixer, x: FusionInputs) -> torch.Tensor:
     (q k^T / sqrt(dh), padding keys set to -inf, softmax), post-LN residuals and an erf-GELU MLP."""
     p = {k: v.double() for k, v in mixer.state_dict().items()}
     heads = mixer.config()["kwargs"]["heads"]
-    b, d = x.batch_size, mixer.dim
+    b, d = x.batch_size, mixer.embed_dim
     tokens = [p["fusion_token"].expand(b, 1, d)]
     tokens += [(g.double() @ p[f"global_proj.{k}.weight"].T + p[f"global_proj.{k}.bias"])[:, None]
                for k, g in enumerate(x.globals_)]

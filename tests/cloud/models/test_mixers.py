@@ -41,7 +41,7 @@ def make_inputs(n: int, *, seed: int = 0, schema: GallerySchema = SCHEMA) -> Fus
 
 
 def build(name: str, *, seed: int = 0) -> Mixer:
-    mixer = create_mixer(name, schema=SCHEMA, dim=DIM, seed=seed, **SMALL[name])
+    mixer = create_mixer(name, schema=SCHEMA, embed_dim=DIM, seed=seed, **SMALL[name])
     if name == "concat":
         mixer.fit(make_inputs(64, seed=99))
     return mixer.eval()
@@ -59,7 +59,7 @@ def test_every_mixer_gives_unit_norm_finite_output(name):
     assert out.shape == (5, DIM) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     np.testing.assert_allclose(out.norm(dim=1).numpy(), 1.0, atol=1e-5)
-    assert mixer.dim == DIM and mixer.name == name and mixer.schema == SCHEMA
+    assert mixer.embed_dim == DIM and mixer.name == name and mixer.schema == SCHEMA
     assert mixer.trainable == (name != "concat")
     assert mixer.trainable == any(True for _ in mixer.parameters())
 
@@ -68,7 +68,7 @@ def test_every_mixer_gives_unit_norm_finite_output(name):
 def test_config_and_state_dict_rebuild_the_same_mixer(name):
     mixer = build(name, seed=3)
     cfg = json.loads(json.dumps(mixer.config()))  # must be JSON-able
-    assert cfg["name"] == name and cfg["dim"] == DIM and cfg["schema"] == SCHEMA.to_dict()
+    assert cfg["name"] == name and cfg["embed_dim"] == DIM and cfg["schema"] == SCHEMA.to_dict()
     clone = mixer_from_config(cfg, device="cpu")
     assert type(clone) is type(mixer)
     clone.load_state_dict(mixer.state_dict())
@@ -105,10 +105,10 @@ def test_same_seed_same_weights_and_different_seed_different(name):
 def test_initialisation_ignores_and_preserves_the_global_rng():
     torch.manual_seed(0)
     before = torch.random.get_rng_state()
-    a = create_mixer("transformer", schema=SCHEMA, dim=DIM, seed=5, **SMALL["transformer"])
+    a = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, seed=5, **SMALL["transformer"])
     assert torch.equal(torch.random.get_rng_state(), before)
     torch.manual_seed(12345)
-    b = create_mixer("transformer", schema=SCHEMA, dim=DIM, seed=5, **SMALL["transformer"])
+    b = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, seed=5, **SMALL["transformer"])
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
@@ -134,9 +134,9 @@ def test_wrong_local_dim_and_wrong_input_count_raise_shape_error(name):
 
 def test_unknown_name_and_unknown_option():
     with pytest.raises(UnknownNameError, match="choose one of: concat, mlp, transformer"):
-        create_mixer("perceiver", schema=SCHEMA, dim=DIM)
+        create_mixer("perceiver", schema=SCHEMA, embed_dim=DIM)
     with pytest.raises(ConfigError, match=r"'dropout'.*it takes \['anchor', 'heads', 'layers', 'mlp_ratio'\]"):
-        create_mixer("transformer", schema=SCHEMA, dim=DIM, dropout=0.1)
+        create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, dropout=0.1)
 
 
 @pytest.mark.parametrize(("name", "kwargs", "match"), [
@@ -149,16 +149,16 @@ def test_unknown_name_and_unknown_option():
 ])
 def test_bad_options_raise_config_error(name, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        create_mixer(name, schema=SCHEMA, dim=DIM, **kwargs)
+        create_mixer(name, schema=SCHEMA, embed_dim=DIM, **kwargs)
 
 
 def test_bad_schema_dim_and_seed_raise_config_error():
     with pytest.raises(ConfigError, match="GallerySchema"):
-        create_mixer("mlp", schema={"slots": []}, dim=DIM)  # type: ignore[arg-type]
+        create_mixer("mlp", schema={"slots": []}, embed_dim=DIM)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="dim"):
-        create_mixer("mlp", schema=SCHEMA, dim=0)
+        create_mixer("mlp", schema=SCHEMA, embed_dim=0)
     with pytest.raises(ConfigError, match="seed"):
-        create_mixer("mlp", schema=SCHEMA, dim=DIM, seed=-1)
+        create_mixer("mlp", schema=SCHEMA, embed_dim=DIM, seed=-1)
 
 
 def test_masked_mean_pool_matches_numpy_and_ignores_garbage():
@@ -194,3 +194,10 @@ def test_mlp_mixer_equals_numpy_forward():
     h = gelu(h) @ sd["layers.1.weight"].T + sd["layers.1.bias"]
     with torch.no_grad():
         np.testing.assert_allclose(mixer(x).numpy(), unit(h), atol=1e-5)
+
+
+def test_a_config_written_before_the_embed_dim_rename_still_loads():
+    mixer = build("mlp", seed=3)
+    old = {("dim" if k == "embed_dim" else k): v for k, v in mixer.config().items()}
+    rebuilt = mixer_from_config(old)
+    assert rebuilt.embed_dim == mixer.embed_dim == DIM

@@ -21,7 +21,7 @@ def test_every_scheme_builds_and_round_trips(scheme):
 @pytest.mark.parametrize("bad, match", [
     ({"scheme": "nope"}, "scheme='nope' is not supported"),
     ({"alpha": 1.5}, "alpha must lie in"),
-    ({"dim": 100, "mixer_heads": 8}, "divisible"),
+    ({"embed_dim": 100, "mixer_heads": 8}, "divisible"),
     ({"scheme": "two_stage", "epochs": 4, "stage1_epochs": 4}, "stage1_epochs"),
     ({"precision": "fp16"}, "needs a CUDA device"),
     ({"batch_size": 0}, "positive int"),

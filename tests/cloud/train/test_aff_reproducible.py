@@ -11,7 +11,7 @@ from asymfuse.cloud.train.aff_trainer import train_aff
 
 def test_training_does_not_depend_on_a_warm_feature_cache(bench, tmp_path):
     cfg = TrainConfig(scheme="joint", data_root=str(bench.root), features_dir=str(tmp_path / "features"),
-                      gallery_features=("gem_lite1",), dim=16, mixer_layers=1, mixer_heads=2,
+                      gallery_features=("gem_lite1",), embed_dim=16, mixer_layers=1, mixer_heads=2,
                       query_arch="efficientnet_lite0", query_pretrained=True, input_size=64, epochs=1,
                       batch_size=8, lr=0.01, progress=False, start_views=1)
     cold = train_aff(cfg, out_dir=tmp_path / "cold")  # extracts gem_lite1 (train, val, crop views)

@@ -75,7 +75,7 @@ def setup(tmp_path_factory, bench):
 def _cfg(setup, **kw) -> TrainConfig:
     bench, feats = setup
     base = dict(scheme="joint", data_root=str(bench.root), features_dir=str(feats), gallery_features=("syn_g", "syn_l"),
-                local_tokens=L, dim=16, mixer_layers=1, mixer_heads=2, query_arch="mobilenet_v2",
+                local_tokens=L, embed_dim=16, mixer_layers=1, mixer_heads=2, query_arch="mobilenet_v2",
                 query_pretrained=False, input_size=64, epochs=2, batch_size=8, lr=0.01, progress=False,
                 bn_mode="frozen", seed=0, classifier_epochs=3)
     base.update(kw)
@@ -260,7 +260,7 @@ def test_class_with_one_image_is_refused_before_training(tmp_path):
         for i in range(n):
             Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(root / cls / f"{i}.jpg")
     cfg = TrainConfig(scheme="symmetric", data_source="folder", data_root=str(root), query_arch="mobilenet_v2",
-                      query_pretrained=False, input_size=32, dim=8, mixer_heads=1, batch_size=2, epochs=1,
+                      query_pretrained=False, input_size=32, embed_dim=8, mixer_heads=1, batch_size=2, epochs=1,
                       progress=False)
     with pytest.raises(ConfigError, match="'b'"):
         train_aff(cfg, out_dir=tmp_path / "run")
