@@ -90,7 +90,7 @@ def single_vectors(table: GalleryTable) -> np.ndarray:
         x = table.global_matrix(slot.name)
         return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
     inputs = table.inputs(np.arange(len(table)))
-    return masked_mean_pool(inputs.locals_[0].float(), inputs.local_masks[0]).numpy().astype(np.float32)
+    return masked_mean_pool(inputs.locals_[0].float(), inputs.local_pads[0]).numpy().astype(np.float32)
 
 
 def single_feature(ctx: BenchContext, name: str, *, part: str = "test") -> RowOutcome:

@@ -108,19 +108,19 @@ class FusionInputs:
     Attributes:
         globals_: K tensors ``(B, D_k)`` float, unit-norm rows.
         locals_: M tensors ``(B, L_m, d_m)`` float, unit-norm rows, zero at padding.
-        local_masks: M tensors ``(B, L_m)`` bool, True where the slot is padding.
+        local_pads: M tensors ``(B, L_m)`` bool, True where the slot is padding.
     """
 
     globals_: tuple[torch.Tensor, ...] = ()
     locals_: tuple[torch.Tensor, ...] = ()
-    local_masks: tuple[torch.Tensor, ...] = ()
+    local_pads: tuple[torch.Tensor, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("globals_", "locals_", "local_masks"):
+        for name in ("globals_", "locals_", "local_pads"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if len(self.locals_) != len(self.local_masks):
-            raise ShapeError(f"{len(self.locals_)} local sets but {len(self.local_masks)} masks; pass one mask per set")
-        sizes = {t.shape[0] for t in (*self.globals_, *self.locals_, *self.local_masks)}
+        if len(self.locals_) != len(self.local_pads):
+            raise ShapeError(f"{len(self.locals_)} local sets but {len(self.local_pads)} pad masks; pass one per set")
+        sizes = {t.shape[0] for t in (*self.globals_, *self.locals_, *self.local_pads)}
         if len(sizes) > 1:
             raise ShapeError(f"all inputs of a FusionInputs batch need the same batch size, got {sorted(sizes)}")
         if not self.globals_ and not self.locals_:
@@ -134,12 +134,12 @@ class FusionInputs:
         """A copy on ``device``."""
         def move(ts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
             return tuple(t.to(device, non_blocking=non_blocking) for t in ts)
-        return FusionInputs(move(self.globals_), move(self.locals_), move(self.local_masks))
+        return FusionInputs(move(self.globals_), move(self.locals_), move(self.local_pads))
 
     def select(self, index: torch.Tensor | slice) -> FusionInputs:
         """Rows ``index`` of every input."""
         return FusionInputs(tuple(t[index] for t in self.globals_), tuple(t[index] for t in self.locals_),
-                            tuple(t[index] for t in self.local_masks))
+                            tuple(t[index] for t in self.local_pads))
 
     def check(self, schema: GallerySchema) -> None:
         """Raise ShapeError naming the slot if this batch does not match ``schema``."""
@@ -151,7 +151,7 @@ class FusionInputs:
             if t.ndim != 2 or t.shape[1] != slot.dim:
                 raise ShapeError(f"global input {slot.name!r} must be (B, {slot.dim}), got {tuple(t.shape)}; "
                                  "the feature store and the mixer config disagree on its dimension")
-        for slot, t, m in zip(ls, self.locals_, self.local_masks):
+        for slot, t, m in zip(ls, self.locals_, self.local_pads):
             if t.ndim != 3 or t.shape[2] != slot.dim:
                 raise ShapeError(f"local input {slot.name!r} must be (B, L, {slot.dim}), got {tuple(t.shape)}; "
                                  "the feature store and the mixer config disagree on its dimension")

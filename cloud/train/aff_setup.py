@@ -163,7 +163,7 @@ def start_inputs(data: AFFData) -> FusionInputs:
     extra = data.start_table.inputs(np.arange(len(data.start_table)))
     return FusionInputs(*(tuple(torch.cat([a, b]) for a, b in zip(x, y))
                           for x, y in ((rows.globals_, extra.globals_), (rows.locals_, extra.locals_),
-                                       (rows.local_masks, extra.local_masks))))
+                                       (rows.local_pads, extra.local_pads))))
 
 
 def class_centres(x: np.ndarray, labels: np.ndarray, num_classes: int) -> torch.Tensor:

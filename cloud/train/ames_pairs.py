@@ -101,7 +101,7 @@ class TrainingLocals:
             raise ConfigError(f"{root} holds {slot.kind} features; AMES trains on a local feature store "
                               "(e.g. local_lite2 or sift)")
         batch = table.inputs(slice(None))
-        return cls(batch.locals_[0].numpy(), batch.local_masks[0].numpy())
+        return cls(batch.locals_[0].numpy(), batch.local_pads[0].numpy())
 
     def __len__(self) -> int:
         return self.descriptors.shape[0]

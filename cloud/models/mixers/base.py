@@ -151,26 +151,26 @@ def init_standard_layers(module: nn.Module, *, generator: torch.Generator) -> No
                     m.bias.zero_()
 
 
-def masked_mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mean_pool(x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
     """Mean of the valid rows of each local set, L2-normalised.
 
     Padded rows are ignored even if they hold garbage (NaN/inf included).
 
     Args:
         x: ``(B, L, d)`` float local descriptors.
-        mask: ``(B, L)`` bool, True = padding.
+        pad: ``(B, L)`` bool, True = padding.
 
     Returns:
         ``(B, d)`` in ``x``'s dtype, unit-norm; an all-padding set gives the zero vector.
 
     Raises:
-        ShapeError: shapes disagree or the mask is not bool.
+        ShapeError: shapes disagree or the pad mask is not bool.
     """
-    if x.ndim != 3 or mask.shape != x.shape[:2] or mask.dtype != torch.bool:
-        raise ShapeError(f"masked_mean_pool needs x (B, L, d) and a bool mask (B, L), got x {tuple(x.shape)} "
-                         f"and mask {mask.dtype} {tuple(mask.shape)}")
-    total = x.masked_fill(mask.unsqueeze(-1), 0.0).sum(dim=1)
-    count = (~mask).sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)
+    if x.ndim != 3 or pad.shape != x.shape[:2] or pad.dtype != torch.bool:
+        raise ShapeError(f"masked_mean_pool needs x (B, L, d) and a bool pad mask (B, L), got x {tuple(x.shape)} "
+                         f"and pad {pad.dtype} {tuple(pad.shape)}")
+    total = x.masked_fill(pad.unsqueeze(-1), 0.0).sum(dim=1)
+    count = (~pad).sum(dim=1, keepdim=True).clamp_min(1).to(x.dtype)
     return F.normalize(total / count, dim=-1)
 
 
@@ -178,5 +178,5 @@ def pooled_features(inputs: FusionInputs, *, dtype: torch.dtype) -> list[torch.T
     """One ``(B, D)`` vector per slot, in schema order: the K globals L2-normalised, then the
     M local sets mean-pooled (:func:`masked_mean_pool`); all cast to ``dtype``."""
     out = [F.normalize(g.to(dtype), dim=-1) for g in inputs.globals_]
-    out += [masked_mean_pool(x.to(dtype), m) for x, m in zip(inputs.locals_, inputs.local_masks)]
+    out += [masked_mean_pool(x.to(dtype), m) for x, m in zip(inputs.locals_, inputs.local_pads)]
     return out

@@ -146,10 +146,10 @@ class TransformerMixer(Mixer):
         b = inputs.batch_size
         parts = [self.fusion_token.expand(b, 1, self.embed_dim)]
         parts += [proj(g.to(dtype)).unsqueeze(1) for proj, g in zip(self.global_proj, inputs.globals_)]
-        for proj, x, m in zip(self.local_proj, inputs.locals_, inputs.local_masks):
+        for proj, x, m in zip(self.local_proj, inputs.locals_, inputs.local_pads):
             parts.append(proj(x.to(dtype).masked_fill(m.unsqueeze(-1), 0.0)))
         always = torch.ones(b, 1 + len(inputs.globals_), dtype=torch.bool, device=parts[0].device)
-        attend = torch.cat([always, *(~m for m in inputs.local_masks)], dim=1)
+        attend = torch.cat([always, *(~m for m in inputs.local_pads)], dim=1)
         return torch.cat(parts, dim=1), attend
 
     def mix(self, inputs: FusionInputs) -> torch.Tensor:

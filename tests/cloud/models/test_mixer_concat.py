@@ -41,7 +41,7 @@ def make_inputs(n: int, *, seed: int = 0, full: bool = False) -> FusionInputs:
 
 def numpy_concat(x: FusionInputs) -> np.ndarray:
     parts = [unit(g.double().numpy()) for g in x.globals_]
-    for loc, m in zip(x.locals_, x.local_masks):
+    for loc, m in zip(x.locals_, x.local_pads):
         loc, keep = loc.double().numpy(), ~m.numpy()
         parts.append(unit((loc * keep[..., None]).sum(1) / np.maximum(keep.sum(1, keepdims=True), 1)))
     return np.concatenate(parts, axis=1) / np.sqrt(len(parts))
@@ -104,7 +104,7 @@ def test_dim_too_large_for_the_rows_or_the_features_raises():
 def test_constant_training_rows_raise():
     x = make_inputs(1)
     same = FusionInputs(*(tuple(t.expand(30, *t.shape[1:]) for t in part)
-                          for part in (x.globals_, x.locals_, x.local_masks)))
+                          for part in (x.globals_, x.locals_, x.local_pads)))
     with pytest.raises(ConfigError, match="zero variance"):
         build(dim=5).fit(same)
 

@@ -47,7 +47,7 @@ def test_extra_garbage_padding_leaves_the_output_unchanged():
     mixer, x = build(), make_inputs(5)
     gen = torch.Generator().manual_seed(1)
     locals_, masks = [], []
-    for loc, m in zip(x.locals_, x.local_masks):
+    for loc, m in zip(x.locals_, x.local_pads):
         b, _, d = loc.shape
         locals_.append(torch.cat([loc, 1e3 * torch.randn(b, 7, d, generator=gen)], dim=1))
         masks.append(torch.cat([m, torch.ones(b, 7, dtype=torch.bool)], dim=1))
@@ -60,9 +60,9 @@ def test_extra_garbage_padding_leaves_the_output_unchanged():
 
 def test_nan_and_inf_in_padding_rows_stay_out():
     mixer, x = build(), make_inputs(4)
-    poisoned = tuple(loc.masked_fill(m[..., None], v) for loc, m, v in zip(x.locals_, x.local_masks,
+    poisoned = tuple(loc.masked_fill(m[..., None], v) for loc, m, v in zip(x.locals_, x.local_pads,
                                                                            (float("nan"), float("inf"))))
-    out = run(mixer, FusionInputs(x.globals_, poisoned, x.local_masks))
+    out = run(mixer, FusionInputs(x.globals_, poisoned, x.local_pads))
     torch.testing.assert_close(out, run(mixer, x), atol=1e-6, rtol=0)
 
 
@@ -71,9 +71,9 @@ def test_unmasked_garbage_does_change_the_output():
     mixer, x = build(), make_inputs(5)
     loc = x.locals_[0].clone()
     loc[1:, -1] = 10.0
-    mask = x.local_masks[0].clone()
+    mask = x.local_pads[0].clone()
     mask[1:, -1] = False
-    changed = FusionInputs(x.globals_, (loc, x.locals_[1]), (mask, x.local_masks[1]))
+    changed = FusionInputs(x.globals_, (loc, x.locals_[1]), (mask, x.local_pads[1]))
     assert (run(mixer, changed)[1:] - run(mixer, x)[1:]).abs().max() > 1e-3
 
 
@@ -81,18 +81,18 @@ def test_permuting_valid_local_tokens_leaves_the_output_unchanged():
     mixer, x = build(), make_inputs(5)
     gen = torch.Generator().manual_seed(2)
     locals_, masks = [], []
-    for loc, m in zip(x.locals_, x.local_masks):
+    for loc, m in zip(x.locals_, x.local_pads):
         perm = torch.stack([torch.randperm(loc.shape[1], generator=gen) for _ in range(loc.shape[0])])
         locals_.append(torch.gather(loc, 1, perm[..., None].expand_as(loc)))
         masks.append(torch.gather(m, 1, perm))
     shuffled = FusionInputs(x.globals_, tuple(locals_), tuple(masks))
-    assert not all(torch.equal(a, b) for a, b in zip(masks, x.local_masks))
+    assert not all(torch.equal(a, b) for a, b in zip(masks, x.local_pads))
     torch.testing.assert_close(run(mixer, shuffled), run(mixer, x), atol=1e-5, rtol=0)
 
 
 def test_fully_padded_local_sets_give_finite_output():
     mixer, x = build(), make_inputs(3)
-    assert all(bool(m[0].all()) for m in x.local_masks)
+    assert all(bool(m[0].all()) for m in x.local_pads)
     out = run(mixer, x)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.norm(dim=1), torch.ones(3), atol=1e-5, rtol=0)
@@ -124,7 +124,7 @@ def reference_forward(mixer: TransformerMixer, x: FusionInputs) -> torch.Tensor:
     tokens += [loc.double() @ p[f"local_proj.{k}.weight"].T + p[f"local_proj.{k}.bias"]
                for k, loc in enumerate(x.locals_)]
     z = torch.cat(tokens, dim=1)
-    pad = torch.cat([torch.zeros(b, 1 + len(x.globals_), dtype=torch.bool), *x.local_masks], dim=1)
+    pad = torch.cat([torch.zeros(b, 1 + len(x.globals_), dtype=torch.bool), *x.local_pads], dim=1)
 
     def layer_norm(v: torch.Tensor, pre: str) -> torch.Tensor:
         mu = v.mean(-1, keepdim=True)
@@ -169,6 +169,6 @@ def test_reference_detects_a_wrong_mask():
     """Guard: feeding the reference no padding mask must disagree with the mixer."""
     mixer, x = build(layers=1), make_inputs(5)
     unmasked = FusionInputs(x.globals_, tuple(loc + 0.5 for loc in x.locals_),
-                            tuple(torch.zeros_like(m) for m in x.local_masks))
+                            tuple(torch.zeros_like(m) for m in x.local_pads))
     want = reference_forward(mixer, unmasked)
-    assert (run(mixer, FusionInputs(x.globals_, unmasked.locals_, x.local_masks)) - want).abs().max() > 1e-3
+    assert (run(mixer, FusionInputs(x.globals_, unmasked.locals_, x.local_pads)) - want).abs().max() > 1e-3

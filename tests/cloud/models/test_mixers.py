@@ -115,7 +115,7 @@ def test_initialisation_ignores_and_preserves_the_global_rng():
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_wrong_global_dim_raises_shape_error(name):
     x = make_inputs(2)
-    bad = FusionInputs((torch.zeros(2, 25), x.globals_[1]), x.locals_, x.local_masks)
+    bad = FusionInputs((torch.zeros(2, 25), x.globals_[1]), x.locals_, x.local_pads)
     with pytest.raises(ShapeError, match="'g1'.*24"):
         build(name)(bad)
 
@@ -125,11 +125,11 @@ def test_wrong_local_dim_and_wrong_input_count_raise_shape_error(name):
     x = make_inputs(2)
     mixer = build(name)
     with pytest.raises(ShapeError, match="'l2'"):
-        mixer(FusionInputs(x.globals_, (x.locals_[0], x.locals_[1][..., :5]), x.local_masks))
+        mixer(FusionInputs(x.globals_, (x.locals_[0], x.locals_[1][..., :5]), x.local_pads))
     with pytest.raises(ShapeError, match="2 global and 2 local"):
-        mixer(FusionInputs(x.globals_[:1], x.locals_, x.local_masks))
+        mixer(FusionInputs(x.globals_[:1], x.locals_, x.local_pads))
     with pytest.raises(ShapeError, match="2 global and 2 local"):
-        mixer(FusionInputs(x.globals_, x.locals_[:1], x.local_masks[:1]))
+        mixer(FusionInputs(x.globals_, x.locals_[:1], x.local_pads[:1]))
 
 
 def test_unknown_name_and_unknown_option():
@@ -174,7 +174,7 @@ def test_masked_mean_pool_matches_numpy_and_ignores_garbage():
         keep = x[i][~mask[i]]
         want = np.zeros(3) if len(keep) == 0 else unit(keep.mean(axis=0))
         np.testing.assert_allclose(got[i], want, atol=1e-12)
-    with pytest.raises(ShapeError, match="bool mask"):
+    with pytest.raises(ShapeError, match="bool pad mask"):
         masked_mean_pool(torch.from_numpy(x), torch.from_numpy(mask.astype(np.int64)))
 
 
@@ -183,7 +183,7 @@ def test_mlp_mixer_equals_numpy_forward():
     x = make_inputs(4)
     sd = {k: v.double().numpy() for k, v in mixer.state_dict().items()}
     feats = [unit(g.double().numpy()) for g in x.globals_]
-    for loc, m in zip(x.locals_, x.local_masks):
+    for loc, m in zip(x.locals_, x.local_pads):
         loc, m = loc.double().numpy(), m.numpy()
         pooled = np.stack([loc[i][~m[i]].mean(0) if (~m[i]).any() else np.zeros(loc.shape[2])
                            for i in range(len(m))])

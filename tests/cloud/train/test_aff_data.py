@@ -237,9 +237,9 @@ def test_table_equals_direct_gather(stores):
     assert np.array_equal(batch.globals_[0].numpy(), data["g1"][sel])
     assert np.array_equal(batch.globals_[1].numpy(), data["g2"][sel])
     loc = data["loc"]
-    assert batch.locals_[0].dtype == torch.float32 and batch.local_masks[0].dtype == torch.bool
+    assert batch.locals_[0].dtype == torch.float32 and batch.local_pads[0].dtype == torch.bool
     assert np.array_equal(batch.locals_[0].numpy(), loc.descriptors[sel, :4])
-    assert np.array_equal(batch.local_masks[0].numpy(), loc.mask[sel, :4])
+    assert np.array_equal(batch.local_pads[0].numpy(), loc.mask[sel, :4])
     assert np.array_equal(table.global_matrix("g2"), data["g2"][rows])
     assert np.array_equal(table.global_matrix(0), data["g1"][rows])
     assert table.inputs(slice(None)).batch_size == 7
@@ -257,7 +257,7 @@ def test_local_tokens_pad_and_globals_come_first(stores):
     assert [s.kind for s in table.schema.slots] == ["global", "local"]
     assert table.store_roots == (paths["g2"], paths["loc"])
     batch = table.inputs(np.arange(12))
-    desc, mask = batch.locals_[0].numpy(), batch.local_masks[0].numpy()
+    desc, mask = batch.locals_[0].numpy(), batch.local_pads[0].numpy()
     assert desc.shape == (12, 9, 4) and mask.shape == (12, 9)
     assert np.array_equal(desc[:, :6], data["loc"].descriptors) and not desc[:, 6:].any()
     assert np.array_equal(mask[:, :6], data["loc"].mask) and mask[:, 6:].all()

@@ -90,7 +90,7 @@ class _StubMixer(nn.Module):
 
     def forward(self, x: FusionInputs) -> torch.Tensor:
         z = sum(t @ w for t, w in zip(x.globals_, self.wg))
-        for t, m, w in zip(x.locals_, x.local_masks, self.wl):
+        for t, m, w in zip(x.locals_, x.local_pads, self.wl):
             keep = (~m).unsqueeze(-1).float()
             z = z + ((t * keep).sum(1) / keep.sum(1).clamp(min=1)) @ w
         return torch.nn.functional.normalize(z, dim=-1)
