@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from asymfuse.cloud.ames.model import AMES, AMESConfig
-from asymfuse.cloud.models.checkpoint import atomic_torch_save
+from asymfuse.cloud.models.checkpoint import atomic_torch_save, read_torch_file
 from asymfuse.edge.errors import ConfigError, CorruptDataError
 
 CHECKPOINT_FORMAT = "asymfuse.ames/1"
@@ -86,11 +86,8 @@ def load_ames(path: str | os.PathLike[str], *, variant: str | None = None, local
         ConfigError: the file is the other variant, or its descriptor dimension is not ``local_dim``.
     """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
-        raise CorruptDataError(f"cannot read AMES checkpoint {path}: {exc}; pass the ames.pt written by "
-                               "`asymfuse train ames` or a published AMES checkpoint") from exc
+    payload = read_torch_file(path, what="AMES checkpoint", fix="pass the ames.pt written by `asymfuse train ames` or "
+                              "a published AMES checkpoint")
     if not isinstance(payload, dict) or not isinstance(payload.get("state"), dict):
         raise CorruptDataError(f"{path} is not an AMES checkpoint: expected a dict with key 'state' "
                                "(the published layout)")

@@ -26,6 +26,25 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+def read_torch_file(path: str | os.PathLike[str], *, what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU, with the one error rule of checkpoint I/O.
+
+    Args:
+        what: what the file should be, for messages (e.g. ``"mixer file"``).
+        fix: how to get a good one (e.g. ``"train one with `asymfuse train aff`"``).
+
+    Raises:
+        CorruptDataError: the file does not exist or is unreadable; the message names ``fix``.
+    """
+    where = os.fspath(path)
+    if not Path(path).is_file():
+        raise CorruptDataError(f"{what} {where!r} does not exist; {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+        raise CorruptDataError(f"{what} {where!r} is unreadable ({exc}); {fix}") from exc
+
+
 @dataclass(frozen=True)
 class QueryNetInfo:
     """What a query-net checkpoint says besides the weights: its ``model_spec`` and ``extra``."""
@@ -89,13 +108,8 @@ def load_query_net(path: str | os.PathLike[str], *, device: str | torch.device =
 
 def _read(path: str | os.PathLike[str]) -> tuple[QueryNetInfo, dict[str, torch.Tensor]]:
     where = os.fspath(path)
-    if not Path(path).is_file():
-        raise CorruptDataError(f"query-net checkpoint {where!r} does not exist; train one with `asymfuse train aff` "
-                               "(it writes <out>/query_net.pt)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CorruptDataError(f"checkpoint {where!r} is unreadable ({exc}); re-save it with save_query_net") from exc
+    payload = read_torch_file(path, what="query-net checkpoint", fix="train one with `asymfuse train aff` (it writes "
+                              "<out>/query_net.pt) or re-save it with save_query_net")
     if not isinstance(payload, dict) or "spec" not in payload or not isinstance(payload.get("state_dict"), dict):
         raise CorruptDataError(f"checkpoint {where!r} carries no ModelSpec; re-save it with "
                                "asymfuse.cloud.models.checkpoint.save_query_net (or train with asymfuse)")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asymfuse.cloud.models.checkpoint import atomic_torch_save
+from asymfuse.cloud.models.checkpoint import atomic_torch_save, read_torch_file
 from asymfuse.edge.errors import ConfigError, CorruptDataError
 
 
@@ -56,11 +56,7 @@ def load_state(path: str | os.PathLike[str], *, fmt: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"cannot resume: {str(p)!r} does not exist; run without --resume to start fresh")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CorruptDataError(f"{str(p)!r} is not a readable checkpoint ({exc}); delete it and "
-                               "restart the run") from exc
+    payload = read_torch_file(p, what="training state", fix="delete it and restart the run")
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CorruptDataError(f"{str(p)!r} has format {found!r}, expected {fmt!r}; point --resume at "

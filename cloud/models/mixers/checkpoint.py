@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from asymfuse.cloud.models.checkpoint import atomic_torch_save
+from asymfuse.cloud.models.checkpoint import atomic_torch_save, read_torch_file
 from asymfuse.cloud.models.fusion import GallerySchema
 from asymfuse.cloud.models.mixers.base import Mixer
 from asymfuse.cloud.models.mixers.registry import mixer_from_config
@@ -58,14 +58,8 @@ def load_mixer(path: str | os.PathLike[str], *, device: str | torch.device = "cp
             format, or weights that do not fit the recorded architecture.
     """
     p = Path(path)
-    if not p.is_file():
-        raise CorruptDataError(f"mixer file {str(p)!r} does not exist; train one with `asymfuse train aff` "
-                               "(it writes <out>/mixer.pt)")
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CorruptDataError(f"{str(p)!r} is not a readable mixer file ({exc}); pass the mixer.pt written "
-                               "by `asymfuse train aff`") from exc
+    payload = read_torch_file(p, what="mixer file",
+                              fix="train one with `asymfuse train aff` (it writes <out>/mixer.pt)")
     if not isinstance(payload, dict) or payload.get("format") != MIXER_FORMAT:
         raise CorruptDataError(f"{str(p)!r} is not an asymfuse mixer file (format {MIXER_FORMAT!r}); pass the "
                                "mixer.pt written by `asymfuse train aff`")
