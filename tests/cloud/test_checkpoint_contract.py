@@ -1,4 +1,4 @@
-"""One contract for checkpoint I/O: save_x(obj, path) / load_x(path) -> (obj, XInfo), CorruptDataError naming the fix."""
+"""Checkpoint I/O contract: save_x(obj, path) / load_x(path) -> (obj, XInfo); CorruptDataError names the fix."""
 
 from __future__ import annotations
 
