@@ -40,30 +40,14 @@ import numpy as np
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
 from asymfuse.edge.spec import ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
+from asymfuse.export.onnx_graph import INPUT_NAME, head_nodes, import_onnx, import_ort, name_nodes
 from asymfuse.export.quantize import QUANT_KEY, check_calibration
 from asymfuse.export.spec import ExportSpec, artifact_name
 
 SPEC_KEY = "asymfuse.model_spec"
 EXPORT_KEY = "asymfuse.export"
-INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"
 OPSET = 18
-
-
-def import_onnx() -> Any:
-    try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise missing_dependency("onnx", extra="export") from exc
-    return onnx
-
-
-def import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:  # pragma: no cover
-        raise missing_dependency("onnxruntime", extra="export") from exc
-    return onnxruntime
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -162,23 +146,6 @@ def _ort_optimize(src: Path, dst: Path) -> Path:
     opts.log_severity_level = 3
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
     return dst
-
-
-def head_nodes(model: Any) -> list[str]:
-    """Names of the nodes after the last Conv (GeM, whitening, L2 norm): kept in float."""
-    nodes = list(model.graph.node)
-    last_conv = max((i for i, n in enumerate(nodes) if n.op_type in ("Conv", "ConvInteger", "QLinearConv")),
-                    default=-1)
-    return [n.name for n in nodes[last_conv + 1:] if n.name]
-
-
-def name_nodes(model: Any) -> None:
-    """Give every node a unique name (block and exclude lists work by name)."""
-    seen: set[str] = set()
-    for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
 
 
 def _to_fp16(src: Path, dst: Path) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from asymfuse.edge.errors import ConfigError
-from asymfuse.export.onnx import INPUT_NAME, head_nodes, import_onnx, import_ort, name_nodes
+from asymfuse.export.onnx_graph import INPUT_NAME, head_nodes, import_onnx, import_ort, name_nodes
 from asymfuse.export.quantize import batches, search_float_prefix
 
 

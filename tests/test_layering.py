@@ -91,3 +91,37 @@ def test_serving_code_imports_no_training_code():
                 if name.startswith(SERVING_MAY_NOT_IMPORT):
                     bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "serving code must not import training, bench, demo or CLI code:\n" + "\n".join(bad)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """``asymfuse.x.y`` -> the asymfuse modules it imports (``from pkg import mod`` counts as ``pkg.mod``)."""
+    files = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = "asymfuse." + ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            files[name] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                deps.add(node.module)
+                deps.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name for alias in node.names)
+        graph[name] = {d for d in deps if d in files and d != name}
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    graph = _module_graph()
+    pairs = sorted({tuple(sorted((a, b))) for a, deps in graph.items() for b in deps if a in graph.get(b, ())})
+    assert not pairs, "import circles (move what both need into a lower module):\n" + "\n".join(map(str, pairs))
+
+
+def test_the_cycle_check_can_fail(tmp_path):
+    graph = _module_graph()
+    assert "asymfuse.cloud.embed" in graph and "asymfuse.cloud.features.gallery_table" in graph["asymfuse.cloud.embed"]

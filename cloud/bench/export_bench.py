@@ -42,7 +42,8 @@ import torch
 from asymfuse.cloud.bench.export_data import TorchReference, calibration_images, ensure_benchmark, make_map_fn
 from asymfuse.cloud.bench.export_data import test_split as load_test_split
 from asymfuse.cloud.bench.export_data import torch_reference
-from asymfuse.cloud.bench.export_report import TORCH, ExportRow, render_markdown, write_report
+from asymfuse.cloud.bench.export_report import render_markdown, write_report
+from asymfuse.cloud.bench.export_row import TORCH, ExportRow
 from asymfuse.cloud.data.benchmark import BenchmarkConfig
 from asymfuse.edge.errors import ConfigError, unknown_name
 from asymfuse.edge.spec import ModelSpec

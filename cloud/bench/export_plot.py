@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from asymfuse.cloud.bench.export_report import TORCH, ExportRow
+from asymfuse.cloud.bench.export_row import TORCH, ExportRow
 from asymfuse.cloud.bench.report_common import pyplot, save_png
 
 MARKERS = {TORCH: "o", "onnx": "s", "tflite": "^", "coreml": "D"}

@@ -11,7 +11,6 @@ import pytest
 from asymfuse.cloud.bench.export_bench import ExportBenchConfig
 from asymfuse.cloud.bench.export_plot import pareto_front
 from asymfuse.cloud.bench.export_report import (
-    ExportRow,
     load_report,
     render_csv,
     render_markdown,
@@ -22,6 +21,7 @@ from asymfuse.cloud.bench.export_report import (
     table_cells,
     write_report,
 )
+from asymfuse.cloud.bench.export_row import ExportRow
 from asymfuse.edge.errors import ConfigError, CorruptDataError, UnknownNameError
 
 
