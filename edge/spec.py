@@ -27,6 +27,8 @@ RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
 - ``letterbox``: resize the longer side to fit, then pad with the mean colour.
 """
 
+SPEC_KEY = "asymfuse.model_spec"
+"""The metadata key under which every exported file (ONNX, TFLite, Core ML) stores its ModelSpec JSON."""
 POOLINGS = ("gem", "gem_l2", "avg", "max", "cls", "fusion_token", "none")
 """How a model pools its trunk map; ``gem_l2`` is GeM followed by L2 normalisation (before the head)."""
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

@@ -32,11 +32,10 @@ from typing import Any
 import numpy as np
 
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
-from asymfuse.edge.spec import ModelSpec
+from asymfuse.edge.spec import SPEC_KEY, ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
 from asymfuse.export.spec import ExportSpec, artifact_name
 
-SPEC_KEY = "asymfuse.model_spec"
 EXPORT_KEY = "asymfuse.export"
 INPUT_NAME = "image"
 OUTPUT_NAME = "embedding"

@@ -38,13 +38,12 @@ from typing import Any
 import numpy as np
 
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
-from asymfuse.edge.spec import ModelSpec
+from asymfuse.edge.spec import SPEC_KEY, ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
 from asymfuse.export.onnx_graph import INPUT_NAME, head_nodes, import_onnx, import_ort, name_nodes
 from asymfuse.export.quantize import QUANT_KEY, check_calibration
 from asymfuse.export.spec import ExportSpec, artifact_name
 
-SPEC_KEY = "asymfuse.model_spec"
 EXPORT_KEY = "asymfuse.export"
 OUTPUT_NAME = "embedding"
 OPSET = 18

@@ -49,7 +49,7 @@ import numpy as np
 
 from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
 from asymfuse.edge.fileio import atomic_write_text
-from asymfuse.edge.spec import ModelSpec
+from asymfuse.edge.spec import SPEC_KEY, ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
 from asymfuse.export.quantize import QUANT_KEY, check_calibration
 from asymfuse.export.spec import ExportSpec, artifact_name
@@ -58,7 +58,6 @@ from asymfuse.export.tflite_int8 import FLOAT_PREFIX_STEPS, INT8_SELF_CHECK, _co
 
 __all__ = ["FLOAT_PREFIX_STEPS", "INT8_SELF_CHECK", "QUANT_KEY", "embed_metadata", "read_metadata", "set_input_type"]
 
-SPEC_KEY = "asymfuse.model_spec"
 EXPORT_KEY = "asymfuse.export"
 SIDECAR_SUFFIX = ".json"
 

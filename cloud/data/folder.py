@@ -1,4 +1,4 @@
-"""A training set stored as one sub-folder per class: ``root/<class>/<image>``."""
+"""Images stored as one sub-folder per class, ``root/<class>/<image>``: a training set, or a retrieval set."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from asymfuse.cloud.data.records import IMAGE_EXTENSIONS, TrainingSet, require_dir
+from asymfuse.cloud.data.records import IMAGE_EXTENSIONS, RetrievalDataset, TrainingSet, require_dir
 from asymfuse.edge.errors import CorruptDataError
 
 FOLDER_HINT = "arrange the images as <root>/<class name>/<image>.jpg"
@@ -66,3 +66,33 @@ def _walk_images(folder: Path, exts: tuple[str, ...]) -> list[Path]:
             if not fname.startswith(".") and os.path.splitext(fname)[1].lower() in exts:
                 found.append(Path(dirpath) / fname)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def load_folder_retrieval(root: str | os.PathLike[str], *, name: str | None = None,
+                          extensions: Sequence[str] = IMAGE_EXTENSIONS) -> RetrievalDataset:
+    """A retrieval dataset from the same ``root/<class>/<image>`` layout (a user's own photos).
+
+    Protocol (the Holidays one, ``protocol="holidays"``, mAP): the gallery is every image; the
+    query of each class with at least two images is its first image (by relative path); its
+    positives are the other images of the class, and its own gallery entry is junk (removed from
+    its ranking). Ids are paths relative to ``root``.
+
+    Raises:
+        CorruptDataError: see :func:`load_image_folder`, or no class has two images.
+    """
+    ts = load_image_folder(root, name=name, extensions=extensions)
+    ids = tuple(p.relative_to(ts.root).as_posix() for p in ts.paths)
+    query_idx, gnd = [], []
+    for label in range(len(ts.class_names)):
+        members = np.flatnonzero(ts.labels == label)
+        if len(members) < 2:
+            continue
+        q = int(members[0])
+        query_idx.append(q)
+        gnd.append({"ok": members[1:].astype(np.int64), "junk": np.array([q], dtype=np.int64)})
+    if not query_idx:
+        raise CorruptDataError(f"no class folder under {str(ts.root)!r} holds two images; a query needs at least "
+                               f"one other image of its class; {FOLDER_HINT}")
+    return RetrievalDataset(name=ts.name, root=ts.root, protocol="holidays", gallery_paths=ts.paths, gallery_ids=ids,
+                            query_paths=tuple(ts.paths[q] for q in query_idx),
+                            query_ids=tuple(ids[q] for q in query_idx), gnd=tuple(gnd))

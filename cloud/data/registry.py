@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from asymfuse.cloud.data.folder import load_image_folder
+from asymfuse.cloud.data.folder import load_folder_retrieval, load_image_folder
 from asymfuse.cloud.data.gldv2 import USAGES, load_gldv2_retrieval, load_gldv2_train
 from asymfuse.cloud.data.holidays import load_holidays
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
@@ -84,6 +84,12 @@ def ukbench(root: PathLike) -> RetrievalDataset:
 def image_folder(root: PathLike, *, name: str | None = None) -> TrainingSet:
     """Training images in ``root/<class>/<image>``."""
     return load_image_folder(root, name=name)
+
+
+@DATASETS.register("folder-retrieval")
+def folder_retrieval(root: PathLike, *, name: str | None = None) -> RetrievalDataset:
+    """Retrieval on ``root/<class>/<image>``: each class's first image queries the rest (mAP)."""
+    return load_folder_retrieval(root, name=name)
 
 
 @DATASETS.register("benchmark_train")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -113,6 +113,11 @@ class FeatureExtractor(abc.ABC):
         Raises:
             ShapeError: an image is malformed, or the batch is empty.
         """
+
+    @property
+    def store_meta(self) -> dict[str, Any]:
+        """Extra metadata a feature store of this extractor records (e.g. an embedding-space id)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional hook; most extractors hold no native handle
         """Release native handles (sessions). Safe to call twice."""

@@ -103,7 +103,8 @@ def _store_meta(extractor: FeatureExtractor, ids: Sequence[str], meta: dict[str,
         raise ConfigError(f"meta keys {clash} are recorded by extract_to_store itself; rename them")
     if extractor.kind not in ("global", "local"):
         raise ConfigError(f"extractor {extractor.name!r} has kind {extractor.kind!r}; expected 'global' or 'local'")
-    return {**(meta or {}), "extractor_id": extractor.extractor_id, "extractor_name": extractor.name,
+    return {**(meta or {}), **extractor.store_meta, "extractor_id": extractor.extractor_id,
+            "extractor_name": extractor.name,
             "kind": extractor.kind, "dim": int(extractor.dim),
             "max_local": None if extractor.kind == "global" else int(extractor.max_local or 0),
             "ids_sha256": ids_digest(ids), "num_target_items": len(ids)}

@@ -7,6 +7,7 @@
 | local_lite2     | local  | Lite2 stride-16 map, top-L by norm       | 120  |
 | sift / rootsift | local  | OpenCV SIFT, top-L by response           | 128  |
 | onnx_global     | global | any user ONNX model (onnxruntime)        | spec |
+| query_net       | global | an asymfuse query-net checkpoint          | d    |
 | gem_torchvision | global | torchvision trunk + user weights + GeM   | C    |
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -22,6 +24,7 @@ from asymfuse.cloud.features.base import FeatureExtractor
 from asymfuse.cloud.features.cnn_global import GemGlobalExtractor
 from asymfuse.cloud.features.cnn_local import LiteMapLocalExtractor
 from asymfuse.cloud.features.onnx_global import OnnxGlobalExtractor
+from asymfuse.cloud.features.query_net import QueryNetExtractor
 from asymfuse.cloud.features.sift import SiftExtractor
 from asymfuse.cloud.models.backbones import create_trunk
 from asymfuse.cloud.models.weights import require_weights_path
@@ -69,11 +72,33 @@ def _rootsift(*, max_local: int = 512, max_side: int = 512,
 
 
 @FEATURE_EXTRACTORS.register("onnx_global")
-def _onnx_global(*, model_path: str | os.PathLike[str], spec: ModelSpec, output_name: str | None = None,
-                 threads: int = 0, device: str | torch.device = "cpu") -> FeatureExtractor:
+def _onnx_global(*, model_path: str | os.PathLike[str], model_spec: ModelSpec | str | None = None,
+                 output_name: str | None = None, threads: int = 0,
+                 device: str | torch.device = "cpu") -> FeatureExtractor:
     del device  # onnxruntime CPU provider
-    return OnnxGlobalExtractor(name="onnx_global", model_path=model_path, spec=spec,
+    return OnnxGlobalExtractor(name="onnx_global", model_path=model_path, model_spec=_model_spec_option(model_spec),
                                output_name=output_name, threads=threads)
+
+
+@FEATURE_EXTRACTORS.register("query_net")
+def _query_net(*, checkpoint: str | os.PathLike[str], batch_size: int = 16,
+               device: str | torch.device = "cpu") -> FeatureExtractor:
+    return QueryNetExtractor(checkpoint=checkpoint, batch_size=int(batch_size), device=device)
+
+
+def _model_spec_option(value: ModelSpec | str | None) -> ModelSpec | None:
+    """A ModelSpec, or the CLI's string form: a ModelSpec JSON file or the JSON itself.
+
+    Raises:
+        ConfigError: a string that is neither.
+    """
+    if value is None or isinstance(value, ModelSpec):
+        return value
+    text = str(value)
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.is_file():
+        text = path.read_text(encoding="utf-8")
+    return ModelSpec.from_json(text)
 
 
 @FEATURE_EXTRACTORS.register("gem_torchvision")

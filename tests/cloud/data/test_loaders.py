@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asymfuse.cloud.data.folder import load_image_folder
+from asymfuse.cloud.data.folder import load_folder_retrieval, load_image_folder
 from asymfuse.cloud.data.gldv2 import load_gldv2_retrieval, load_gldv2_train
 from asymfuse.cloud.data.holidays import load_holidays
 from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
@@ -273,6 +273,26 @@ def test_image_folder(tmp_path):
         ts.classes_with_fewer_than(0)
     with pytest.raises(CorruptDataError, match="no class sub-folders"):
         load_image_folder(tmp_path / "ant")
+
+
+def test_folder_retrieval_first_image_of_each_class_queries_the_rest(tmp_path):
+    for name in ("ant/a.jpg", "ant/b.jpg", "ant/c.jpg", "bee/x.jpg", "cat/1.jpg", "cat/2.jpg"):
+        _jpg(tmp_path / name)
+    ds = load_folder_retrieval(tmp_path)
+    assert ds.protocol == "holidays" and ds.nb == 6
+    assert ds.gallery_ids == ("ant/a.jpg", "ant/b.jpg", "ant/c.jpg", "bee/x.jpg", "cat/1.jpg", "cat/2.jpg")
+    assert ds.query_ids == ("ant/a.jpg", "cat/1.jpg")  # bee has one image: no query
+    assert ds.gnd[0]["ok"].tolist() == [1, 2] and ds.gnd[0]["junk"].tolist() == [0]
+    assert ds.gnd[1]["ok"].tolist() == [5] and ds.gnd[1]["junk"].tolist() == [4]
+    assert create_dataset("folder-retrieval", root=tmp_path).query_ids == ds.query_ids
+    with pytest.raises(CorruptDataError, match="holds two images"):
+        load_folder_retrieval(_single_images(tmp_path / "singles"))
+
+
+def _single_images(root: Path) -> Path:
+    _jpg(root / "one" / "a.jpg")
+    _jpg(root / "two" / "b.jpg")
+    return root
 
 
 # ---- registry and layering ------------------------------------------------------------------

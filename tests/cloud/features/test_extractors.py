@@ -39,7 +39,7 @@ def onnx_model(tmp_path_factory):
 def build(name, onnx_model):
     if name == "onnx_global":
         _, path, spec = onnx_model
-        return create_feature_extractor(name, model_path=path, spec=spec)
+        return create_feature_extractor(name, model_path=path, model_spec=spec)
     if name == "gem_torchvision":
         return create_feature_extractor(name, arch="mobilenet_v2", allow_random_weights=True, max_side=128)
     return create_feature_extractor(name)
@@ -102,7 +102,7 @@ def test_rootsift_is_the_square_root_of_l1_normalised_sift(photos):
 
 def test_onnx_extractor_matches_torch(onnx_model, photos):
     model, path, spec = onnx_model
-    ex = create_feature_extractor("onnx_global", model_path=path, spec=spec)
+    ex = create_feature_extractor("onnx_global", model_path=path, model_spec=spec)
     got = ex.extract(photos).features
     with torch.no_grad():
         ref = torch.nn.functional.normalize(model(torch.from_numpy(preprocess(photos, spec))), dim=-1).numpy()
@@ -110,6 +110,16 @@ def test_onnx_extractor_matches_torch(onnx_model, photos):
     ex.close()
     with pytest.raises(ConfigError, match="closed"):
         ex.extract(photos)
+
+
+def test_onnx_extractor_without_a_spec_needs_one_stored_in_the_file(onnx_model, photos, tmp_path):
+    _, path, spec = onnx_model  # a plain torch.onnx export: no asymfuse metadata
+    with pytest.raises(ConfigError, match="carries no ModelSpec.*asymfuse export"):
+        create_feature_extractor("onnx_global", model_path=path)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json())
+    from_file = create_feature_extractor("onnx_global", model_path=path, model_spec=str(spec_file))
+    assert from_file.spec == spec
 
 
 def test_bad_names_and_options_are_explained(tmp_path):
@@ -123,4 +133,4 @@ def test_bad_names_and_options_are_explained(tmp_path):
     spec = ModelSpec(arch="x", embed_dim=4, input_size=(32, 32), embedding_space_id="es-x")
     from asymfuse.edge.errors import CorruptDataError
     with pytest.raises(CorruptDataError, match="cannot be loaded"):
-        create_feature_extractor("onnx_global", model_path=tmp_path / "broken.onnx", spec=spec)
+        create_feature_extractor("onnx_global", model_path=tmp_path / "broken.onnx", model_spec=spec)
