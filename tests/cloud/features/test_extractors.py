@@ -36,7 +36,18 @@ def onnx_model(tmp_path_factory):
     return model, path, spec
 
 
-def build(name, onnx_model):
+@pytest.fixture(scope="module")
+def query_net_file(tmp_path_factory):
+    from asymfuse.cloud.models.checkpoint import save_query_net
+    from asymfuse.cloud.models.query_net import create_query_net
+
+    net = create_query_net("shufflenet_v2_x1_0", embed_dim=12, input_size=64, embedding_space_id="es-qn")
+    return save_query_net(net, tmp_path_factory.mktemp("qn") / "query_net.pt")
+
+
+def build(name, onnx_model, query_net_file=None):
+    if name == "query_net":
+        return create_feature_extractor(name, checkpoint=query_net_file)
     if name == "onnx_global":
         _, path, spec = onnx_model
         return create_feature_extractor(name, model_path=path, model_spec=spec)
@@ -47,13 +58,13 @@ def build(name, onnx_model):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("name", FEATURE_EXTRACTORS.names())
-def test_every_extractor_returns_valid_features(name, photos, onnx_model):
-    with build(name, onnx_model) as ex:
+def test_every_extractor_returns_valid_features(name, photos, onnx_model, query_net_file):
+    with build(name, onnx_model, query_net_file) as ex:
         out = ex.extract(photos)
         assert len(out) == 3
         assert ex.extractor_id.startswith(ex.name)
         if name != "gem_torchvision":  # random weights: each build is its own extractor
-            assert ex.extractor_id == build(name, onnx_model).extractor_id
+            assert ex.extractor_id == build(name, onnx_model, query_net_file).extractor_id
         if ex.kind == "global":
             assert isinstance(out, GlobalFeatures) and out.features.shape == (3, ex.dim)
             assert np.isfinite(out.features).all()
@@ -110,6 +121,19 @@ def test_onnx_extractor_matches_torch(onnx_model, photos):
     ex.close()
     with pytest.raises(ConfigError, match="closed"):
         ex.extract(photos)
+
+
+def test_query_net_extractor_id_follows_the_weights_and_it_records_the_space(query_net_file, tmp_path):
+    from asymfuse.cloud.models.checkpoint import load_query_net, save_query_net
+
+    net, _ = load_query_net(query_net_file)
+    with torch.no_grad():
+        net.whiten.weight.add_(0.01)
+    other = save_query_net(net, tmp_path / "other.pt")
+    a, b = create_feature_extractor("query_net", checkpoint=query_net_file), create_feature_extractor(
+        "query_net", checkpoint=other)
+    assert a.extractor_id != b.extractor_id and a.extractor_id.startswith("query_net/es-qn/")
+    assert a.store_meta["embedding_space_id"] == "es-qn"
 
 
 def test_onnx_extractor_without_a_spec_needs_one_stored_in_the_file(onnx_model, photos, tmp_path):
