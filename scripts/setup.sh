@@ -18,8 +18,13 @@ pip_install() {  # quiet pip; on failure show its whole output and stop
 }
 
 # torch 2.13.0 first: on this machine kind pip resolves it to a local CPU wheel, and litert-torch
-# needs torch < 2.15 (torchvision 0.28 pairs with it).
-pip_install "torch==2.13.0"
+# needs torch < 2.15 (torchvision 0.28 pairs with it). Where pip would pull the CUDA build, choose the
+# wheel index: TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  pip_install --index-url "$TORCH_INDEX_URL" "torch==2.13.0"
+else
+  pip_install "torch==2.13.0"
+fi
 pip_install -c scripts/constraints.txt -e ".[all]"
 # A missing install step fails here, not later in the tests.
 .venv/bin/python - <<'PY'
