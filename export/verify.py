@@ -75,6 +75,25 @@ def _check_images(images: np.ndarray, artifact: Artifact) -> np.ndarray:
     return arr
 
 
+def runtime_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a runtime raises for a file it cannot load or run.
+
+    onnxruntime's own types (``Fail``, ``InvalidGraph``, ``InvalidArgument``, ...; they derive
+    from ``Exception`` only), and the ``RuntimeError`` / ``ValueError`` of the LiteRT interpreter,
+    plus ``OSError`` for unreadable files. A ``TypeError``, ``AttributeError`` or ``KeyError`` is a
+    bug in the caller, not a verdict on the file, and is not among them.
+    """
+    errors: list[type[BaseException]] = [RuntimeError, ValueError, OSError]
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+    except ImportError:  # pragma: no cover - without the onnxruntime extra
+        return tuple(errors)
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+             "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    errors += [getattr(ort_state, n) for n in names if isinstance(getattr(ort_state, n, None), type)]
+    return tuple(errors)
+
+
 def verify_artifact(artifact: Artifact, *, model: Any, images: np.ndarray,
                     map_fn: Callable[[np.ndarray], float] | None = None, torch_map: float | None = None,
                     num_threads: int | None = None, move_failed: bool = True) -> Artifact:
@@ -111,7 +130,7 @@ def verify_artifact(artifact: Artifact, *, model: Any, images: np.ndarray,
         embedded = runner.spec
     except AsymfuseError as exc:
         return _fail(artifact, f"the runtime cannot run it: {exc}", {}, move_failed)
-    except Exception as exc:  # runtime-specific errors (onnxruntime Fail, tflite RuntimeError, ...)
+    except runtime_errors() as exc:  # what a runtime raises for a file it cannot run; bugs propagate
         return _fail(artifact, f"the runtime cannot run it: {type(exc).__name__}: {exc}", {}, move_failed)
     return _judge(artifact, out=out, ref=torch_outputs(model, x), embedded=embedded, map_fn=map_fn,
                   torch_map=torch_map, move_failed=move_failed)
@@ -160,7 +179,7 @@ def _verify_unrunnable(artifact: Artifact, *, model: Any, images: np.ndarray, mo
         if isinstance(exc, ImportError):  # missing toolchain: say so, do not fail the artifact
             raise
         return _fail(artifact, f"the saved program does not load back: {exc}", {}, move_failed)
-    except Exception as exc:  # coremltools raises its own errors
+    except runtime_errors() as exc:  # coremltools raises the built-in types for a broken program
         return _fail(artifact, f"the saved program does not load back: {type(exc).__name__}: {exc}", {}, move_failed)
     parity: dict[str, Any] = {"mil": mil}
     if embedded != artifact.spec:

@@ -26,10 +26,8 @@ after every group, so a long run leaves a readable table. Output in ``out_dir``:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -255,46 +253,34 @@ def run_group(cfg: ExportBenchConfig, *, arch: str, res: int, bench: Any, test: 
 
 def export_row(cfg: ExportBenchConfig, *, net: torch.nn.Module, fmt: str, precision: str, ref: TorchReference,
                test: Any, calib: np.ndarray | None, out: Path, common: dict[str, Any]) -> ExportRow:
-    """Export, gate and time one format x precision; any exception becomes a ``❌`` row."""
-    from asymfuse.export.registry import EXPORTERS, RUNNERS
+    """Export, gate (:func:`export_and_gate`, its crash policy) and time one format x precision."""
+    from asymfuse.export.pipeline import GateInputs, export_and_gate
+    from asymfuse.export.registry import RUNNERS
     from asymfuse.export.spec import ExportSpec
-    from asymfuse.export.verify import verify_artifact
 
     LOG.info("bench export row %s@%d %s %s", common["arch"], common["res"], fmt, precision)
-    t0 = time.perf_counter()
-    try:
-        spec = ExportSpec(format=fmt, precision=precision, input_size=common["res"],
-                          calibration_images=cfg.calibration, min_calibration=min(8, cfg.calibration))
-        with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout is the report's
-            artifact = EXPORTERS[fmt](net, model_spec=net.spec, export=spec, out=out,
-                                      calibration=calib if spec.uses_calibration else None)
-    except Exception as exc:
-        LOG.exception("export %s %s failed", fmt, precision)
-        return ExportRow(format=fmt, precision=precision, status="export_failed", reason=_reason(exc),
-                         export_s=time.perf_counter() - t0, **common)
-    export_s, t1 = time.perf_counter() - t0, time.perf_counter()
-    try:
-        checked = verify_artifact(artifact, model=net, images=ref.images, map_fn=make_map_fn(test, ref.gallery),
-                                  torch_map=ref.map)
-        latency: dict[str, Any] = {}
-        if fmt in RUNNERS and checked.path.exists():
-            timed = time_threads(lambda n: RUNNERS[fmt](checked.path, n), ref.images[:1], threads=cfg.threads,
-                                 warmup=cfg.warmup, runs=cfg.runs)
-            latency = {str(k): v for k, v in timed.items()}
-    except Exception as exc:
-        LOG.exception("verifying %s %s failed", fmt, precision)
-        return ExportRow(format=fmt, precision=precision, file_mb=artifact.size_bytes / 1e6, status="export_failed",
-                         reason=f"verification crashed: {_reason(exc)}", path=str(artifact.path), export_s=export_s,
-                         verify_s=time.perf_counter() - t1, **common)
+    spec = ExportSpec(format=fmt, precision=precision, input_size=common["res"],
+                      calibration_images=cfg.calibration, min_calibration=min(8, cfg.calibration))
+    gate = GateInputs(images=ref.images, map_fn=make_map_fn(test, ref.gallery), torch_map=ref.map, calibration=calib)
+    done = export_and_gate(net, model_spec=net.spec, export_spec=spec, out=out, gate=gate)
+    checked = done.artifact
+    if checked.status == "export_failed":
+        return ExportRow(format=fmt, precision=precision, status="export_failed", reason=checked.reason,
+                         export_s=done.export_s, **common)
+    t1 = time.perf_counter()
+    latency: dict[str, Any] = {}
+    if fmt in RUNNERS and checked.path.exists():
+        timed = time_threads(lambda n: RUNNERS[fmt](checked.path, n), ref.images[:1], threads=cfg.threads,
+                             warmup=cfg.warmup, runs=cfg.runs)
+        latency = {str(k): v for k, v in timed.items()}
     parity = dict(checked.parity)
     status = {"passed": "passed", "failed": "failed", "skipped": "skipped"}.get(checked.status, "export_failed")
     reason = _strip(checked.reason, ("failed the parity gate: ", "skipped: ")) or (
         "" if status == "passed" else f"status {checked.status}")
-    drop = parity.get("map_drop")
     return ExportRow(format=fmt, precision=precision, file_mb=checked.size_bytes / 1e6, latency=latency,
                      cosine_min=_num(parity.get("cosine_min")), cosine_mean=_num(parity.get("cosine_mean")),
-                     map=_num(parity.get("map")), map_drop=_num(drop), status=status, reason=reason,
-                     path=str(checked.path), export_s=export_s, verify_s=time.perf_counter() - t1,
+                     map=_num(parity.get("map")), map_drop=_num(parity.get("map_drop")), status=status, reason=reason,
+                     path=str(checked.path), export_s=done.export_s, verify_s=done.verify_s + time.perf_counter() - t1,
                      details={k: v for k, v in parity.items()
                               if k not in ("cosine_min", "cosine_mean", "map", "map_drop")}, **common)
 

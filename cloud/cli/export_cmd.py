@@ -13,9 +13,7 @@ when every artifact passed (or was skipped: Core ML prediction needs macOS), 1 o
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,27 +85,15 @@ def load_net(checkpoint: str, *, size: int | None) -> Any:
     return load_query_net(checkpoint, input_size=None if size is None else (size, size))[0]
 
 
-def failed_artifact(out: Path, model_spec: Any, spec: Any, exc: BaseException) -> Any:
-    """The manifest record of an export that crashed (no file was written under its name)."""
-    from asymfuse.export.artifact import Artifact, toolchain_versions
-    from asymfuse.export.spec import artifact_name
-
-    reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-    return Artifact(path=out / artifact_name(model_spec, spec), format=spec.format, precision=spec.precision,
-                    input_size=spec.input_size, sha256="", size_bytes=0, spec=model_spec,
-                    toolchain=toolchain_versions(), status="export_failed", reason=reason)
-
-
 def run(args: argparse.Namespace) -> int:
     from asymfuse.cloud.bench.export_data import (calibration_images, ensure_benchmark, folder_images, make_map_fn,
                                                   test_split, torch_reference)
     from asymfuse.cloud.eval.report import markdown_table
-    from asymfuse.edge.errors import AsymfuseError, ConfigError
-    from asymfuse.export.artifact import check_writable, write_manifest
+    from asymfuse.edge.errors import ConfigError
+    from asymfuse.export.artifact import check_writable
+    from asymfuse.export.pipeline import GateInputs, export_all
     from asymfuse.export.quantize import check_calibration
-    from asymfuse.export.registry import EXPORTERS
     from asymfuse.export.spec import DYNAMIC_BATCH_FORMATS, ExportSpec, check_combination, uses_calibration
-    from asymfuse.export.verify import verify_artifact
 
     quiet_toolchain_logs(getattr(args, "verbose", False))
     calib_arg = str(args.calibration)
@@ -132,21 +118,10 @@ def run(args: argparse.Namespace) -> int:
                          int8_io=args.int8_io)
     ref = torch_reference(net, test_split(bench))
     map_fn = None if args.no_map else make_map_fn(test_split(bench), ref.gallery)
-    artifacts = []
-    for spec in specs:
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout is the table's
-                artifact = EXPORTERS[spec.format](net, model_spec=net.spec, export=spec, out=out,
-                                                  calibration=calib if spec.uses_calibration else None)
-        except AsymfuseError:
-            raise  # bad input or a missing toolchain: the message names the fix
-        except Exception as exc:  # a conversion crash: recorded, the other formats still run
-            LOG.exception("export %s %s failed", spec.format, spec.precision)
-            artifacts.append(failed_artifact(out, net.spec, spec, exc))
-            continue
-        artifacts.append(verify_artifact(artifact, model=net, images=ref.images, map_fn=map_fn,
-                                         torch_map=None if args.no_map else ref.map))
-    manifest = write_manifest(out, artifacts)
+    gate = GateInputs(images=ref.images, map_fn=map_fn, torch_map=None if args.no_map else ref.map,
+                      calibration=calib)
+    done, manifest = export_all(net, model_spec=net.spec, export_specs=specs, out=out, gate=gate)
+    artifacts = [d.artifact for d in done]
     rows = [{"file": str(a.path.relative_to(out)) if a.path.is_relative_to(out) else str(a.path),
              "format": a.format, "precision": a.precision, "MB": a.size_bytes / 1e6,
              "cosine min": a.parity.get("cosine_min"), "mAP": a.parity.get("map"),

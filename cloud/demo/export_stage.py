@@ -12,8 +12,6 @@ folder is ``<out>/export``.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ import numpy as np
 
 from asymfuse.cloud.data.benchmark import Benchmark
 from asymfuse.cloud.data.records import RetrievalDataset
-from asymfuse.edge.errors import AsymfuseError, ConfigError
+from asymfuse.edge.errors import ConfigError
 
 DEMO_TARGETS: tuple[tuple[str, str], ...] = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"),
                                              ("tflite", "int8"))
@@ -47,10 +45,10 @@ def run_export_stage(*, query_net: Path, bench: Benchmark, test: RetrievalDatase
     """
     from asymfuse.cloud.bench.export_data import calibration_images, query_images, retrieval_metrics
     from asymfuse.cloud.models.checkpoint import load_query_net
-    from asymfuse.export.artifact import write_manifest
-    from asymfuse.export.registry import EXPORTERS, RUNNERS
+    from asymfuse.export.pipeline import GateInputs, export_all
+    from asymfuse.export.registry import RUNNERS
     from asymfuse.export.spec import ExportSpec, check_combination
-    from asymfuse.export.verify import runner_outputs, torch_outputs, verify_artifact
+    from asymfuse.export.verify import runner_outputs, torch_outputs
 
     if not targets:
         raise ConfigError("the export stage needs at least one (format, precision) target, e.g. ('onnx', 'fp32')")
@@ -68,34 +66,24 @@ def run_export_stage(*, query_net: Path, bench: Benchmark, test: RetrievalDatase
     def map_fn(vectors: np.ndarray) -> float:
         return float(retrieval_metrics(test, vectors, gallery)["mAP_medium"])
 
-    rows, artifacts = [], []
-    for fmt, precision in targets:
-        export = ExportSpec(format=fmt, precision=precision, input_size=spec.input_size[0],
-                            calibration_images=len(calib), min_calibration=min(8, len(calib)))
-        label = f"{spec.arch}@{spec.input_size[0]} [{fmt} {precision}] → {gallery_label}"
-        try:
-            with contextlib.redirect_stdout(sys.stderr):  # converters print progress; stdout is the report's
-                artifact = EXPORTERS[fmt](net, model_spec=spec, export=export, out=out_dir,
-                                          calibration=calib if export.uses_calibration else None)
-        except AsymfuseError:
-            raise
-        except Exception as exc:  # a converter crash is a row (❌), not the end of the demo
-            rows.append({"feature": label, "kind": "exported query net", "dim": spec.embed_dim,
-                         "status": "export_failed", "reason": f"{type(exc).__name__}: {exc}"[:300]})
-            continue
-        checked = verify_artifact(artifact, model=net, images=images, map_fn=map_fn,
-                                  torch_map=torch_metrics["mAP_medium"])
-        artifacts.append(checked)
+    specs = [ExportSpec(format=fmt, precision=precision, input_size=spec.input_size[0],
+                        calibration_images=len(calib), min_calibration=min(8, len(calib)))
+             for fmt, precision in targets]
+    gate = GateInputs(images=images, map_fn=map_fn, torch_map=torch_metrics["mAP_medium"], calibration=calib)
+    done, manifest = export_all(net, model_spec=spec, export_specs=specs, out=out_dir, gate=gate)
+    rows = []
+    for export, checked in zip(specs, (d.artifact for d in done)):
+        label = f"{spec.arch}@{spec.input_size[0]} [{export.format} {export.precision}] → {gallery_label}"
         row: dict[str, Any] = {"feature": label, "kind": "exported query net", "dim": spec.embed_dim,
-                               "status": checked.status, "reason": checked.reason,
-                               "cosine_min": checked.parity.get("cosine_min"),
-                               "file_mb": round(checked.size_bytes / 1e6, 2), "path": str(checked.path)}
-        if fmt in RUNNERS and checked.path.exists():
-            runner = RUNNERS[fmt](checked.path, None)
+                               "status": checked.status, "reason": checked.reason}
+        if checked.status != "export_failed":
+            row.update(cosine_min=checked.parity.get("cosine_min"), file_mb=round(checked.size_bytes / 1e6, 2),
+                       path=str(checked.path))
+        if export.format in RUNNERS and checked.status != "export_failed" and checked.path.exists():
+            runner = RUNNERS[export.format](checked.path, None)
             out = runner_outputs(runner, images, batch=len(images) if getattr(runner, "dynamic_batch", False) else 1)
             row.update(retrieval_metrics(test, out, gallery))
         rows.append(row)
-    manifest = write_manifest(out_dir, artifacts)
     info = {"dir": str(out_dir), "manifest": str(manifest), "torch_mAP_medium": torch_metrics["mAP_medium"],
             "calibration_images": len(calib), "input_size": spec.input_size[0],
             "passed": [r["feature"] for r in rows if r.get("status") == "passed"]}
