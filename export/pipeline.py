@@ -97,9 +97,14 @@ def export_all(net: Any, *, model_spec: ModelSpec, export_specs: Sequence[Export
     return done, write_manifest(out, [d.artifact for d in done])
 
 
+def crash_reason(exc: BaseException) -> str:
+    """One line (at most 300 characters, no ``|``, so it fits a table cell) naming a crash."""
+    return " ".join(f"{type(exc).__name__}: {exc}".replace("|", "/").split())[:300]
+
+
 def crashed_artifact(out: Path, model_spec: ModelSpec, export_spec: ExportSpec, exc: BaseException) -> Artifact:
     """The manifest record of a conversion that crashed (no file was written under its name)."""
-    reason = " ".join(f"{type(exc).__name__}: {exc}".replace("|", "/").split())[:300]
+    reason = crash_reason(exc)
     return Artifact(path=out / artifact_name(model_spec, export_spec), format=export_spec.format,
                     precision=export_spec.precision, input_size=export_spec.input_size, sha256="", size_bytes=0,
                     spec=model_spec, toolchain=toolchain_versions(), status="export_failed", reason=reason)

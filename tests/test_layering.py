@@ -122,6 +122,6 @@ def test_no_two_modules_import_each_other():
     assert not pairs, "import circles (move what both need into a lower module):\n" + "\n".join(map(str, pairs))
 
 
-def test_the_cycle_check_can_fail(tmp_path):
+def test_the_module_graph_sees_real_imports():  # so the circle check above cannot pass on an empty graph
     graph = _module_graph()
     assert "asymfuse.cloud.embed" in graph and "asymfuse.cloud.features.gallery_table" in graph["asymfuse.cloud.embed"]

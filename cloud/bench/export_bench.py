@@ -46,6 +46,7 @@ from asymfuse.cloud.data.benchmark import BenchmarkConfig
 from asymfuse.edge.errors import ConfigError, unknown_name
 from asymfuse.edge.spec import ModelSpec
 from asymfuse.export.bench import time_threads
+from asymfuse.export.pipeline import crash_reason
 from asymfuse.export.spec import FORMATS, PRECISIONS, SUPPORTED, uses_calibration
 
 LOG = logging.getLogger("asymfuse.bench.export")
@@ -237,7 +238,7 @@ def run_group(cfg: ExportBenchConfig, *, arch: str, res: int, bench: Any, test: 
     except Exception as exc:  # the whole group fails as one row
         LOG.exception("bench export group %s@%d failed", arch, res)
         return [ExportRow(arch=arch, format=TORCH, precision="fp32", res=res, status="export_failed",
-                          reason=_reason(exc))]
+                          reason=crash_reason(exc))]
     x1 = ref.images[:1]
     t0 = time.perf_counter()
     latency = time_threads(lambda n: net, x1, threads=cfg.threads, warmup=cfg.warmup, runs=cfg.runs,
@@ -299,10 +300,6 @@ def _strip(reason: str, prefixes: tuple[str, ...]) -> str:
 
 def _num(v: Any) -> float | None:
     return None if v is None else float(v)
-
-
-def _reason(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".replace("|", "/").split())[:300]
 
 
 def _info(cfg: ExportBenchConfig, *, test: Any, timing: Mapping[str, float]) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-LOG = logging.getLogger("asymfuse.export")
 TOOLCHAIN_LOGGERS = ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx", "torch._export", "torch.export",
                      "coremltools", "litert_torch", "ai_edge_torch", "ai_edge_quantizer", "absl", "tensorflow", "jax")
 
