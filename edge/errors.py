@@ -50,3 +50,24 @@ def missing_dependency(package: str, extra: str) -> MissingDependencyError:
     return MissingDependencyError(
         f"{package} is not installed; install it with: pip install 'asymfuse[{extra}]'"
     )
+
+
+class IncompatibleModelError(AsymfuseError):
+    """The searcher serves another embedding space than the client's query model (FAILED_PRECONDITION).
+
+    Attributes:
+        server_space, client_space: the two embedding space ids.
+    """
+
+    def __init__(self, message: str, *, server_space: str = "", client_space: str = "") -> None:
+        super().__init__(message)
+        self.server_space = server_space
+        self.client_space = client_space
+
+
+class RemoteError(AsymfuseError):
+    """The searcher answered with an error status; ``code`` is the gRPC status name (e.g. "NOT_FOUND")."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,60 @@
+"""``ServerConfig``: everything ``asymfuse serve`` needs besides the index folder's own files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asymfuse.edge.errors import ConfigError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the searcher is served.
+
+    Attributes:
+        index_dir: the folder written by ``asymfuse index build``.
+        bind: ``host:port`` (port 0 picks a free one; :func:`create_server` returns it).
+        tls_cert, tls_key: PEM files; both or neither (then the port is plaintext).
+        api_keys: accepted ``authorization: Bearer <key>`` values. Writes (Upsert, Delete) always need
+            one; with no keys configured, writes are refused.
+        auth_reads: also require a key for Search* and GetInfo.
+        max_message_bytes: larger requests are refused (RESOURCE_EXHAUSTED).
+        max_k, default_k: results per query; max_batch: queries per SearchBatch / items per Upsert.
+        threads: gRPC worker threads (concurrent RPCs).
+        snapshot_interval_s: snapshot the index this often when the log holds writes (0: only at shutdown).
+        rerank_top_m: default AMES depth (None: 100); scorer: AMES scorer kind ("fp32").
+        device: where AMES runs ("cpu", "cuda", ...).
+    """
+
+    index_dir: str
+    bind: str = "127.0.0.1:0"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    api_keys: tuple[str, ...] = ()
+    auth_reads: bool = False
+    max_message_bytes: int = 16 * MiB
+    max_k: int = 1000
+    default_k: int = 10
+    max_batch: int = 256
+    threads: int = 8
+    snapshot_interval_s: float = 300.0
+    rerank_top_m: int = 100
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("give both tls_cert and tls_key (PEM files), or neither for a plaintext port")
+        for name in ("max_message_bytes", "max_k", "default_k", "max_batch", "threads", "rerank_top_m"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"ServerConfig.{name}={value!r} must be a positive int")
+        if self.default_k > self.max_k:
+            raise ConfigError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
+        if self.snapshot_interval_s < 0:
+            raise ConfigError("snapshot_interval_s must be >= 0 (0: snapshot only at shutdown)")
+        if any(not isinstance(key, str) or not key.strip() for key in self.api_keys):
+            raise ConfigError("api_keys must be non-empty strings")
+        if ":" not in self.bind:
+            raise ConfigError(f"bind={self.bind!r} must be host:port (port 0 picks a free one)")

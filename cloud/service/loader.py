@@ -1,0 +1,42 @@
+"""Open an index folder as a :class:`~asymfuse.cloud.service.searcher.Searcher` (index + AMES)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from asymfuse.cloud.ames.checkpoint import load_ames
+from asymfuse.cloud.ames.options import RerankOptions
+from asymfuse.cloud.ames.packed_store import PackedLocalStore
+from asymfuse.cloud.ames.scorer import AMESScorer
+from asymfuse.cloud.index.durable import DurableIndex
+from asymfuse.cloud.service.config import ServerConfig
+from asymfuse.cloud.service.searcher import Reranker, Searcher
+from asymfuse.edge.errors import CorruptDataError
+
+
+def load_reranker(folder: Path, ames: dict, *, top_m: int, device: str) -> Reranker:
+    """AMES from the ``ames`` entry of ``meta.json`` (paths relative to ``folder``)."""
+    try:
+        checkpoint, packed_dir = folder / ames["checkpoint"], folder / ames["packed"]
+    except (KeyError, TypeError) as exc:
+        raise CorruptDataError(f"{folder}/meta.json has an incomplete 'ames' entry ({exc}); rebuild with "
+                               "`asymfuse index build --ames ... --packed ...`") from exc
+    model, info = load_ames(checkpoint, variant="binary", device=device)
+    packed = PackedLocalStore.open(packed_dir, model=model, verify=False)
+    options = RerankOptions.from_info(info, top_m=top_m, lq=ames.get("lq"), lx=ames.get("lx"))
+    return Reranker(model=model, scorer=AMESScorer(model, device=device), packed=packed, options=options)
+
+
+def open_searcher(config: ServerConfig) -> Searcher:
+    """The searcher of ``config.index_dir``: the durable index (snapshot + log replayed) and AMES."""
+    folder = Path(config.index_dir)
+    index = DurableIndex.open(folder)
+    try:
+        meta = index.meta
+        reranker = load_reranker(folder, meta.ames, top_m=config.rerank_top_m, device=config.device) \
+            if meta.ames else None
+        return Searcher(index=index, embedding_space_id=meta.embedding_space_id, model_spec=meta.model_spec,
+                        reranker=reranker, max_k=config.max_k, default_k=config.default_k)
+    except BaseException:
+        index.close(snapshot=False)
+        raise

@@ -1,0 +1,1 @@
+"""Package of the v1 wire schema (generated modules live here)."""
