@@ -21,7 +21,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from asymfuse.edge.errors import ConfigError, missing_dependency
 
 PROTO_ROOT = Path(__file__).resolve().parent
 PROTO_FILES = ("asymfuse/v1/searcher.proto",)
@@ -46,13 +45,15 @@ def generate(out_dir: str | Path) -> list[Path]:
     """Run protoc (grpcio-tools) on :data:`PROTO_FILES` into ``out_dir``; returns the written files.
 
     Raises:
-        MissingDependencyError: grpcio-tools is not installed.
-        ConfigError: protoc rejected a ``.proto``.
+        ImportError: grpcio-tools is not installed.
+        RuntimeError: protoc rejected a ``.proto``.
+
+    (``asymfuse.proto`` sits below every other package, so it uses built-in exceptions.)
     """
     try:
         from grpc_tools import protoc
     except ImportError as exc:
-        raise missing_dependency("grpcio-tools", "cloud") from exc
+        raise ImportError("grpcio-tools is not installed; install it with: pip install 'asymfuse[dev]'") from exc
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).resolve().parent / "_proto"  # google/protobuf/*.proto
@@ -60,7 +61,7 @@ def generate(out_dir: str | Path) -> list[Path]:
         rc = protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out}", f"--pyi_out={out}",
                           f"--grpc_python_out={out}", str(PROTO_ROOT / proto)])
         if rc != 0:
-            raise ConfigError(f"protoc failed on {proto} (exit {rc}); fix the .proto and rerun")
+            raise RuntimeError(f"protoc failed on {proto} (exit {rc}); fix the .proto and rerun")
     written = [out / name for proto in PROTO_FILES for name in generated_names(proto)]
     for path in written:
         _fix_imports(path)

@@ -7,7 +7,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build gallery indexes (fuse, pack-ames)")
+    p = sub.add_parser("index", help="build gallery indexes (fuse, pack-ames, build)")
     isub = p.add_subparsers(dest="index_kind", required=True, metavar="ACTION")
     f = isub.add_parser("fuse", help="run a trained mixer over stored gallery features -> fused feature store")
     f.add_argument("--mixer", required=True, help="mixer.pt written by `asymfuse train aff`")
@@ -29,6 +29,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="output folder (must not exist)")
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=run_pack_ames)
+    b = isub.add_parser("build", help="a searcher index folder (faiss + write-ahead log, optional AMES) from fused "
+                                      "gallery stores")
+    b.add_argument("--features", nargs="+", required=True,
+                   help="fused gallery store(s) from `asymfuse index fuse` (one embedding space)")
+    b.add_argument("--factory", default="Flat",
+                   help="faiss factory: Flat, HNSW32, IVF{n},Flat, IVF{n},PQ{m}, OPQ{m},IVF{n},PQ{m} (default Flat)")
+    b.add_argument("--nprobe", type=int, default=64, help="IVF lists probed per query (default 64)")
+    b.add_argument("--ef-search", type=int, default=400, help="HNSW efSearch (default 400)")
+    b.add_argument("--train-size", type=int, default=100_000, help="vectors sampled to train IVF/PQ (default 100000)")
+    b.add_argument("--ames", help="binary AMES checkpoint for re-ranking (with --packed)")
+    b.add_argument("--packed", help="the gallery's packed local store from `asymfuse index pack-ames`")
+    b.add_argument("--copy-packed", action="store_true", help="copy the packed store into the folder (default: link)")
+    b.add_argument("--lq", type=int, help="AMES: query descriptors kept (default: all sent)")
+    b.add_argument("--lx", type=int, help="AMES: gallery descriptors kept (default: all packed)")
+    b.add_argument("--out", required=True, help="the index folder to create (must not exist)")
+    b.set_defaults(func=run_build)
 
 
 def run_fuse(args: argparse.Namespace) -> int:
@@ -43,6 +59,20 @@ def run_fuse(args: argparse.Namespace) -> int:
     store = fuse_stores(args.mixer, roots, args.out, device=args.device, batch_size=args.batch_size)
     print(f"fused {len(store)} items -> {args.out} (dim {store.dim}, space "
           f"{store.meta.get('embedding_space_id')})")
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.index.build import build_index
+    from asymfuse.cloud.index.faiss_index import IndexConfig
+
+    config = IndexConfig(factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search,
+                         train_size=args.train_size)
+    meta = build_index(args.features, args.out, config=config, ames=args.ames, packed=args.packed,
+                       copy_packed=args.copy_packed, lq=args.lq, lx=args.lx)
+    ames = "off" if meta.ames is None else f"on ({meta.ames['items_with_locals']} items with packed locals)"
+    print(f"indexed {meta.count} items -> {args.out} ({args.factory}, dim {meta.dim}, space "
+          f"{meta.embedding_space_id}, AMES {ames}); serve it with `asymfuse serve --index {args.out}`")
     return 0
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "asymfuse.cloud.cli.demo_cmd",
     "asymfuse.cloud.cli.train_cmd",
     "asymfuse.cloud.cli.index_cmd",
+    "asymfuse.cloud.cli.serve_cmd",
     "asymfuse.cloud.cli.bench_cmd",
     "asymfuse.cloud.cli.flops_cmd",
     "asymfuse.cloud.cli.export_cmd",

@@ -23,6 +23,7 @@ from asymfuse.edge.errors import CorruptDataError
 from asymfuse.edge.fileio import atomic_write_text
 
 META_FILE = "meta.json"
+KEY_FIELD = "key"  # item metadata field holding the feature store's image id
 FORMAT = "asymfuse-index/1"
 
 

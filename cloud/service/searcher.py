@@ -22,9 +22,9 @@ import torch
 from asymfuse.cloud.ames.options import RerankOptions
 from asymfuse.cloud.ames.rerank import rerank
 from asymfuse.cloud.index.base import Index
+from asymfuse.cloud.index.index_meta import KEY_FIELD
 from asymfuse.edge.errors import AsymfuseError, ConfigError, ShapeError
 
-KEY_FIELD = "key"  # metadata field holding the feature store's image id
 
 
 class SpaceMismatchError(AsymfuseError, ValueError):
