@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asymfuse.cloud.ames.checkpoint import load_ames
-from asymfuse.cloud.ames.options import RerankOptions
-from asymfuse.cloud.ames.packed_store import PackedLocalStore
-from asymfuse.cloud.ames.scorer import AMESScorer
 from asymfuse.cloud.index.durable import DurableIndex
 from asymfuse.cloud.service.config import ServerConfig
 from asymfuse.cloud.service.searcher import Reranker, Searcher
@@ -16,6 +12,11 @@ from asymfuse.edge.errors import CorruptDataError
 
 def load_reranker(folder: Path, ames: dict, *, top_m: int, device: str) -> Reranker:
     """AMES from the ``ames`` entry of ``meta.json`` (paths relative to ``folder``)."""
+    from asymfuse.cloud.ames.checkpoint import load_ames  # torch: only where AMES is served
+    from asymfuse.cloud.ames.options import RerankOptions
+    from asymfuse.cloud.ames.packed_store import PackedLocalStore
+    from asymfuse.cloud.ames.scorer import AMESScorer
+
     try:
         checkpoint, packed_dir = folder / ames["checkpoint"], folder / ames["packed"]
     except (KeyError, TypeError) as exc:

@@ -6,6 +6,8 @@ local descriptors. With locals and AMES enabled, the first ``top_m`` global resu
 by :func:`~asymfuse.cloud.ames.rerank.rerank` with the checkpoint's λ/γ; gallery locals come from
 the packed binary store, found by each item's ``key`` metadata (the store's image id). Items with
 no packed locals keep their global score.
+
+torch is imported only when AMES is served, so a global-only searcher starts in about a second.
 """
 
 from __future__ import annotations
@@ -17,10 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from asymfuse.cloud.ames.options import RerankOptions
-from asymfuse.cloud.ames.rerank import rerank
 from asymfuse.cloud.index.base import Index
 from asymfuse.cloud.index.index_meta import KEY_FIELD
 from asymfuse.edge.errors import AsymfuseError, ConfigError, ShapeError
@@ -68,8 +67,9 @@ class CandidateLocals:
             counts[known] = self._packed.counts(rows[known])
         return counts
 
-    def tokens(self, model: Any, indices: np.ndarray, *, length: int, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def tokens(self, model: Any, indices: np.ndarray, *, length: int, device: Any) -> tuple[Any, Any]:
+        import torch
+
         rows = self._rows[np.asarray(indices, dtype=np.int64)]
         tok, pad = self._packed.tokens(model, np.maximum(rows, 0), length=length, device=device)
         missing = torch.from_numpy(rows < 0).to(pad.device)
@@ -83,7 +83,7 @@ class Reranker:
     model: Any
     scorer: Any
     packed: Any
-    options: RerankOptions
+    options: Any  # RerankOptions
     key_rows: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -156,6 +156,9 @@ class Searcher:
         num = 0
         final_scores = scores
         if reranking and ids.size:
+            from asymfuse.cloud.ames.options import RerankOptions  # torch: only where AMES is served
+            from asymfuse.cloud.ames.rerank import rerank
+
             rows = self.reranker.rows(meta)
             gallery = CandidateLocals(self.reranker.packed, rows)
             opts = RerankOptions(top_m=top_m, lam=options.lam, gamma=options.gamma, lq=options.lq, lx=options.lx)
