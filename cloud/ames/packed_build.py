@@ -117,9 +117,15 @@ def _write_folder(model: AMES, local: FeatureStore, folder: Path, *, max_local: 
         del codes
     else:
         np.save(folder / FILES["codes"], codes)
-    np.save(folder / FILES["counts"], counts)
-    (folder / FILES["ids"]).write_text(json.dumps(ids), encoding="utf-8")
-    meta = local.meta
+    _finish_folder(folder, model, ids, counts, max_local=max_local, meta=local.meta)
+
+
+def _finish_folder(folder: Path, model: AMES, ids: Sequence[str], counts: np.ndarray, *, max_local: int,
+                   meta: dict) -> None:
+    """Counts, ids and the manifest (after ``codes.npy`` is written), every file fsynced."""
+    bits = model.cfg.model_dim
+    np.save(folder / FILES["counts"], np.asarray(counts, dtype=np.int32))
+    (folder / FILES["ids"]).write_text(json.dumps(list(ids)), encoding="utf-8")
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "num_items": len(ids), "max_local": max_local,
                 "bits": bits, "bytes_per_descriptor": bits // 8, "projection_sha256": projection_digest(model),
                 "local_feature": meta.get("extractor_name"), "extractor_id": meta.get("extractor_id"),
@@ -131,6 +137,38 @@ def _write_folder(model: AMES, local: FeatureStore, folder: Path, *, max_local: 
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     _fsync(folder / MANIFEST)
     fsync_dir(folder)
+
+
+def write_packed_codes(model: AMES, out: str | os.PathLike[str], *, ids: Sequence[str], codes: np.ndarray,
+                       counts: np.ndarray, meta: dict | None = None) -> PackedLocalStore:
+    """A packed store from codes already binarised (e.g. synthetic codes for ``bench serve``).
+
+    Args:
+        codes: ``(N, max_local, bits // 8)`` uint8 packed signs, valid slots first, zeros after ``counts``.
+        counts: ``(N,)`` valid descriptors per item.
+
+    Raises:
+        ConfigError: ``out`` exists, or shapes that do not match ``model``'s bit width.
+    """
+    codes = np.asarray(codes)
+    counts = np.asarray(counts)
+    bits = model.cfg.model_dim
+    if codes.ndim != 3 or codes.dtype != np.uint8 or codes.shape[0] != len(ids) or codes.shape[2] != bits // 8:
+        raise ConfigError(f"codes must be uint8 ({len(ids)}, max_local, {bits // 8}), got {codes.dtype} {codes.shape}")
+    if counts.shape != (len(ids),) or (counts < 0).any() or (counts > codes.shape[1]).any():
+        raise ConfigError(f"counts must be ({len(ids)},) in [0, {codes.shape[1]}]")
+    target = Path(out)
+    _check_target(target, overwrite=False)
+    tmp = target.parent / f"{TMP_PREFIX}{target.name}.{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        np.save(tmp / FILES["codes"], codes)
+        _finish_folder(tmp, model, ids, counts, max_local=int(codes.shape[1]), meta=dict(meta or {}))
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PackedLocalStore.open(target, model=model)
 
 
 def _fsync(path: Path) -> None:

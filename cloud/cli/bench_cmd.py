@@ -1,5 +1,5 @@
 """``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations,
-``bench ames`` the AMES re-ranking tables, ``bench export`` the exported query nets (parity and speed)."""
+``bench ames`` the AMES re-ranking tables, ``bench export`` the exported query nets (parity and speed), ``bench serve`` the searcher."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="override a bench key (archs, sizes, formats, precisions, threads, runs, warmup, "
                              "calibration, embed_dim); repeatable")
     export.set_defaults(func=run_export)
+    serve = benches.add_parser("serve", help="the gRPC searcher at 100k / 1M synthetic 512-d vectors: build time, "
+                                             "memory, recall@100, QPS and p50/p99 (gRPC and in-process), AMES")
+    serve.add_argument("--quick", action="store_true", help="the quick tier (100k only, under 10 min)")
+    serve.add_argument("--out", default=None, help="output folder (default runs/bench/serve or runs/bench/serve-quick)")
+    serve.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                       help="override a bench key (sizes, factories, queries, clients, ames, ames_queries, lq, lx); "
+                            "repeatable")
+    serve.set_defaults(func=run_serve)
 
 
 def _add_trained_bench(benches: argparse._SubParsersAction, name: str, *, func: Callable[[argparse.Namespace], int],
@@ -74,6 +82,19 @@ def _run_trained_bench(args: argparse.Namespace, config_type: Any, run: Callable
     failed = sum(not r.ok for r in result["rows"])
     print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
     print("report: " + ", ".join(str(result["paths"][key]) for key in ("markdown", "json", *figures)))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.serve_bench import ServeBenchConfig, run_serve_bench
+    from asymfuse.cloud.cli.options import parse_options
+
+    cfg = ServeBenchConfig.preset("quick" if args.quick else "default")
+    cfg = cfg.with_overrides(parse_options(args.overrides))
+    out = args.out or ("runs/bench/serve-quick" if args.quick else "runs/bench/serve")
+    result = run_serve_bench(cfg, out_dir=out)
+    print(result["markdown"])
+    print(f"report: {result['paths']['markdown']}, {result['paths']['json']}")
     return 0
 
 
