@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--copy-packed", action="store_true", help="copy the packed store into the folder (default: link)")
     b.add_argument("--lq", type=int, help="AMES: query descriptors kept (default: all sent)")
     b.add_argument("--lx", type=int, help="AMES: gallery descriptors kept (default: all packed)")
+    b.add_argument("--lam", type=float, help="AMES ensemble weight of the global score (default: the checkpoint's)")
+    b.add_argument("--gamma", type=float, help="AMES logit temperature (default: the checkpoint's)")
     b.add_argument("--out", required=True, help="the index folder to create (must not exist)")
     b.set_defaults(func=run_build)
 
@@ -69,7 +71,7 @@ def run_build(args: argparse.Namespace) -> int:
     config = IndexConfig(factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search,
                          train_size=args.train_size)
     meta = build_index(args.features, args.out, config=config, ames=args.ames, packed=args.packed,
-                       copy_packed=args.copy_packed, lq=args.lq, lx=args.lx)
+                       copy_packed=args.copy_packed, lq=args.lq, lx=args.lx, lam=args.lam, gamma=args.gamma)
     ames = "off" if meta.ames is None else f"on ({meta.ames['items_with_locals']} items with packed locals)"
     print(f"indexed {meta.count} items -> {args.out} ({args.factory}, dim {meta.dim}, space "
           f"{meta.embedding_space_id}, AMES {ames}); serve it with `asymfuse serve --index {args.out}`")

@@ -5,7 +5,9 @@ with real global models and SIFT into feature stores; aggregate SIFT with a VLAD
 on the *train* split; search each single feature and the naive concatenations with an exact faiss
 index; train the quick-tier joint AFF setting (mixer + Lite0 query net) and add its symmetric
 and asymmetric rows; train a quick binary AMES and add a re-ranked row per AFF search
-(:mod:`asymfuse.cloud.demo.ames_stage`); write the table as Markdown and JSON.
+(:mod:`asymfuse.cloud.demo.ames_stage`); serve the fused gallery with AMES through the gRPC searcher
+and query it as a phone would (:mod:`asymfuse.cloud.demo.serve_stage`); write the table as Markdown
+and JSON.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class DemoConfig:
     ames_local_feature: str = "sift"  # already extracted by the demo (local_lite2 would add minutes)
     ames_global_feature: str = "gem_lite1"  # hard-negative mining and the val search of the AMES trainer
     ames_overrides: tuple[tuple[str, Any], ...] = ()  # (AMESTrainConfig key, value) pairs
+    serve: bool = True  # index build + gRPC searcher: query the fused gallery with AMES as a phone would
     export: bool = True  # export the AFF query net (ONNX, TFLite), gate each file and add its rows
     export_targets: tuple[tuple[str, str], ...] = DEMO_TARGETS  # (format, precision) pairs
     export_calibration: int = 32  # train-split photos that calibrate int8
@@ -72,6 +75,9 @@ class DemoConfig:
         if self.ames and not self.aff and not self.global_extractors:
             raise ConfigError("the AMES stage re-ranks a global search: keep aff=True or add a global extractor, "
                               "or set ames=False")
+        if self.serve and not (self.aff and self.ames):
+            raise ConfigError("the serving stage serves the AFF gallery with the AMES stage's model: keep aff=True "
+                              "and ames=True, or set serve=False")
         if self.export and not self.aff:
             raise ConfigError("the export stage exports the AFF stage's query net: keep aff=True or set export=False")
 
@@ -121,6 +127,26 @@ def concat(parts: list[np.ndarray]) -> np.ndarray:
 def _row(feature: str, kind: str, xq: np.ndarray, xb: np.ndarray, test: RetrievalDataset) -> dict[str, Any]:
     metrics = evaluate_ranking(rank_features(xq, xb), test)
     return {"feature": feature, "kind": kind, "dim": int(xb.shape[1]), **metrics}
+
+
+def _serve(aff_cfg: Any, aff: AFFStageResult, ames: AMESStageResult, aff_vectors: dict[str, Any], *,
+           test: RetrievalDataset, out: Path) -> Any:
+    """The serving stage on the asymmetric AFF search (the phone's query net against the fused gallery)."""
+    from asymfuse.cloud.ames.sources import ArrayLocals
+    from asymfuse.cloud.demo.serve_stage import run_serve_stage
+    from asymfuse.cloud.features.layout import store_path
+    from asymfuse.cloud.features.store_reader import FeatureStore
+
+    feats = Path(aff_cfg.features_dir)
+    label = aff.searches.asymmetric.label
+    weights = ames.weights[label]
+    with FeatureStore.open(store_path(feats, ames.local_feature, "test", "queries"), verify="none") as store:
+        query_locals = ArrayLocals.from_store(store)
+    return run_serve_stage(test=test, xq=aff_vectors[label]["test"][0], mixer=aff.mixer,
+                           gallery_stores=[store_path(feats, n, "test", "gallery") for n in aff_cfg.gallery_features],
+                           ames_checkpoint=ames.checkpoint, packed=ames.run_dir / "packed-test",
+                           query_locals=query_locals, lam=weights.lam, gamma=weights.gamma, top_m=ames.top_m,
+                           lq=ames.lq, lx=ames.lx, label=label, out_dir=out / "serve", space=aff.embedding_space_id)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -176,6 +202,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ames = run_ames_stage(ames_cfg, test=test, searches=searches, out_dir=out / "ames", val=val)
         rows.extend(ames.rows)
         t_ames = time.perf_counter() - t1
+    serve_info: dict[str, Any] = {}
+    t_serve = 0.0
+    if cfg.serve and aff is not None and ames is not None:
+        t1 = time.perf_counter()
+        served = _serve(aff_cfg, aff, ames, aff_vectors, test=test, out=out)
+        rows.append(served.row)
+        serve_info = served.info()
+        t_serve = time.perf_counter() - t1
     export_info: dict[str, Any] = {}
     t_export = 0.0
     if cfg.export and aff is not None:
@@ -193,9 +227,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "dataset": {"name": test.name, "queries": test.nq, "gallery": test.nb, "root": str(test.root)},
         "rows": rows,
         "timing_s": {"benchmark": round(t_bench, 1), "extract": round(t_extract, 1), "aff": round(t_aff, 1),
-                     "ames": round(t_ames, 1), "export": round(t_export, 1), "total": round(total, 1)},
+                     "ames": round(t_ames, 1), "serve": round(t_serve, 1), "export": round(t_export, 1),
+                     "total": round(total, 1)},
         "aff": {} if aff is None else aff.info(),
         "ames": {} if ames is None else ames.info(),
+        "serve": serve_info,
         "export": export_info,
         "config": asdict(cfg),
     }
@@ -203,7 +239,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     md = (f"# {report['title']}\n\nDataset `{test.name}` test split: {test.nq} queries, "
           f"{test.nb} gallery images (revisitop protocol, mAP in %).\n\n{table}\n\n"
           f"Runtime: {total:.1f} s (benchmark {t_bench:.1f} s, features {t_extract:.1f} s, "
-          f"AFF training + eval {t_aff:.1f} s, AMES training + re-ranking {t_ames:.1f} s, export + gate "
+          f"AFF training + eval {t_aff:.1f} s, AMES training + re-ranking {t_ames:.1f} s, gRPC serving "
+          f"{t_serve:.1f} s, export + gate "
           f"{t_export:.1f} s).\n")
     if aff is not None:
         md += (f"\nAFF (quick tier, joint, alpha={aff_cfg.alpha}): best val epoch {aff.best_epoch}, "
@@ -212,6 +249,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         md += (f"\nAMES (binary, {ames.local_feature}, {ames.epochs} epochs, L_q = L_x = {ames.lx}, "
                f"{ames.local_bytes_per_image} bytes of descriptors per image) re-ranks the top {ames.top_m}; λ/γ "
                f"are chosen per search on its val split (λ = 1: global score only); model in `{ames.checkpoint}`.\n")
+    if serve_info:
+        md += (f"\nServing (`asymfuse index build` + `asymfuse serve` in-process, Flat index): the test queries sent "
+               f"over gRPC as a phone sends them (query-net vector + SIFT descriptors) gave the offline ranking for "
+               f"{serve_info['rankings_equal']}/{serve_info['queries']} queries; latency per query p50 "
+               f"{serve_info['p50_ms']:.1f} ms, p99 {serve_info['p99_ms']:.1f} ms (AMES re-ranks the top "
+               f"{ames.top_m if ames else 0}).\n")
     if export_info:
         exported = [r for r in rows if r["kind"] == "exported query net"]
         md += (f"\n## Exported query net (asymmetric: artifact queries → fused torch gallery; torch mAP_medium "

@@ -61,8 +61,12 @@ def _open_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[FeatureS
 def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
                 config: IndexConfig = IndexConfig(), ames: str | os.PathLike[str] | None = None,
                 packed: str | os.PathLike[str] | None = None, copy_packed: bool = False,
-                lq: int | None = None, lx: int | None = None) -> IndexMeta:
+                lq: int | None = None, lx: int | None = None, lam: float | None = None,
+                gamma: float | None = None) -> IndexMeta:
     """Build the index folder ``out`` (must not exist); see the module docstring.
+
+    ``lam`` / ``gamma`` override the AMES checkpoint's ensemble weights (e.g. chosen on a val split for
+    this gallery's global search); ``lq`` / ``lx`` cap the descriptors AMES reads per query / image.
 
     Raises:
         ConfigError: ``out`` exists, stores of two spaces, mixed dims, ``ames`` without ``packed``,
@@ -97,7 +101,8 @@ def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        ames_meta = _stage_ames(tmp, ames, packed, copy_packed=copy_packed, keys=keys, lq=lq, lx=lx) if ames else None
+        ames_meta = _stage_ames(tmp, ames, packed, copy_packed=copy_packed, keys=keys, lq=lq, lx=lx, lam=lam,
+                                gamma=gamma) if ames else None
         meta = IndexMeta(dim=dim, config=config.to_dict(), embedding_space_id=space, model_spec=model_spec,
                          built_from=";".join(built_from), count=len(keys), ames=ames_meta)
         DurableIndex.create(tmp, meta=meta, index=index).close(snapshot=False)
@@ -114,11 +119,16 @@ def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLi
 
 
 def _stage_ames(folder: Path, ames: str | os.PathLike[str], packed: str | os.PathLike[str], *, copy_packed: bool,
-                keys: list[str], lq: int | None, lx: int | None) -> dict:
+                keys: list[str], lq: int | None, lx: int | None, lam: float | None, gamma: float | None) -> dict:
     from asymfuse.cloud.ames.checkpoint import load_ames
     from asymfuse.cloud.ames.packed_store import PackedLocalStore
 
+    from asymfuse.cloud.ames.options import RerankOptions
+
     model, info = load_ames(ames, variant="binary")
+    options = RerankOptions.from_info(info, lq=lq, lx=lx)
+    options = RerankOptions(lam=options.lam if lam is None else lam, gamma=options.gamma if gamma is None else gamma,
+                            lq=lq, lx=lx)  # validates the overrides
     with PackedLocalStore.open(packed, model=model) as store:  # refuses codes of another checkpoint
         overlap = len(set(store.ids) & set(keys))
     if overlap == 0:
@@ -131,4 +141,4 @@ def _stage_ames(folder: Path, ames: str | os.PathLike[str], packed: str | os.Pat
     else:
         os.symlink(Path(packed).resolve(), target)
     return {"checkpoint": AMES_FILE, "packed": PACKED_DIR, "local_dim": int(model.cfg.local_dim),
-            "lam": info.lam, "gamma": info.gamma, "lq": lq, "lx": lx, "items_with_locals": overlap}
+            "lam": options.lam, "gamma": options.gamma, "lq": lq, "lx": lx, "items_with_locals": overlap}

@@ -24,7 +24,8 @@ def load_reranker(folder: Path, ames: dict, *, top_m: int, device: str) -> Reran
                                "`asymfuse index build --ames ... --packed ...`") from exc
     model, info = load_ames(checkpoint, variant="binary", device=device)
     packed = PackedLocalStore.open(packed_dir, model=model, verify=False)
-    options = RerankOptions.from_info(info, top_m=top_m, lq=ames.get("lq"), lx=ames.get("lx"))
+    options = RerankOptions(top_m=top_m, lam=ames.get("lam", info.lam), gamma=ames.get("gamma", info.gamma),
+                            lq=ames.get("lq"), lx=ames.get("lx"))
     return Reranker(model=model, scorer=AMESScorer(model, device=device), packed=packed, options=options)
 
 

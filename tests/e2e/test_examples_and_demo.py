@@ -39,7 +39,7 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     assert names[:3] == ["gem_lite1", "sift+vlad8", "concat(gem_lite1 + sift+vlad8)"]
     assert [r["kind"] for r in report["rows"][3:]] == [
         "AFF start (closed form) symmetric", "AFF start (closed form) asymmetric", "AFF symmetric", "AFF asymmetric",
-        "AMES re-ranking", "AMES re-ranking", "exported query net", "exported query net"]
+        "AMES re-ranking", "AMES re-ranking", "gRPC searcher", "exported query net", "exported query net"]
     assert names[3].endswith("[start]") and names[3].removesuffix(" [start]") == names[5]
     assert names[7:9] == [f"{names[5]} + AMES", f"{names[6]} + AMES"]  # each AFF search, re-ranked
     for name in ("mixer.pt", "query_net.pt", "best.pt", "start.pt", "curves.png", "metrics.jsonl"):
@@ -47,6 +47,11 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     for name in ("ames.pt", "packed-test/ames_store.json", "metrics.jsonl"):
         assert (tmp_path / "demo" / "ames" / name).is_file(), name
     assert report["ames"]["local_bytes_per_image"] == 16 * report["ames"]["lx"]
+    grpc_row = report["rows"][9]  # the phone flow through the searcher equals the offline evaluation
+    assert grpc_row["feature"] == f"{names[6]} + AMES via gRPC"
+    assert report["serve"]["rankings_equal"] == report["serve"]["queries"] == report["dataset"]["queries"]
+    assert grpc_row["mAP_medium"] == pytest.approx(report["rows"][8]["mAP_medium"], abs=1e-6)
+    assert (tmp_path / "demo" / "serve" / "index" / "meta.json").is_file()
     for row in report["rows"][7:9]:  # each AFF search gets its own val-chosen weights
         assert row["weights_chosen_on"] == "this search on val" and 0.0 <= row["lam"] <= 1.0
     exported = [r for r in report["rows"] if r["kind"] == "exported query net"]
@@ -74,7 +79,7 @@ def test_readme_demo_command(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     rows = report["rows"]
-    assert len(rows) == 15 and report["dataset"]["queries"] >= 20
+    assert len(rows) == 16 and report["dataset"]["queries"] >= 20
     assert [r["kind"] for r in rows[9:11]] == ["AMES re-ranking", "AMES re-ranking"]
     # Quality floors (measured on 2 CPU cores: gem_lite1 71.31, AFF start and trained symmetric 71.65,
     # asymmetric Lite0@128 34.91; the random-start recipe gave 42.85 / 8.28). A regression fails here.
@@ -85,7 +90,9 @@ def test_readme_demo_command(tmp_path):
     assert by_kind["AFF asymmetric"] >= 32.0, by_kind
     assert by_kind["AFF asymmetric"] >= by_kind["AFF start (closed form) asymmetric"] - 1.0
     assert rows[9]["mAP_medium"] >= rows[7]["mAP_medium"] - 0.5  # AMES never costs more than noise
-    exported = {r["feature"].split("[")[1].split("]")[0]: r for r in rows[11:]}
+    assert rows[11]["kind"] == "gRPC searcher" and rows[11]["mAP_medium"] == pytest.approx(rows[10]["mAP_medium"])
+    assert report["serve"]["rankings_equal"] == report["serve"]["queries"]
+    exported = {r["feature"].split("[")[1].split("]")[0]: r for r in rows[12:]}
     assert sorted(exported) == ["onnx fp32", "onnx int8", "tflite fp32", "tflite int8"]
     assert exported["onnx fp32"]["status"] == exported["tflite fp32"]["status"] == "passed"
     assert all(r["status"] in ("passed", "failed") for r in exported.values())  # a gate verdict, not a crash
