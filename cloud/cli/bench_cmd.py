@@ -1,5 +1,6 @@
 """``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations,
-``bench ames`` the AMES re-ranking tables, ``bench export`` the exported query nets (parity and speed)."""
+``bench ames`` the AMES re-ranking tables, ``bench ames-latency`` the AMES scorer kinds' latency,
+``bench export`` the exported query nets (parity and speed)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="override a bench key (archs, sizes, formats, precisions, threads, runs, warmup, "
                              "calibration, embed_dim); repeatable")
     export.set_defaults(func=run_export)
+    lat = benches.add_parser("ames-latency", help="ms to re-score one query's top-100 (L_q = L_x = 64) per AMES "
+                                                  "scorer kind (fp32, batched, int8, bf16); synthetic, < 1 min")
+    lat.add_argument("--kinds", default="fp32,batched,int8,bf16", help="comma-separated scorer kinds")
+    lat.add_argument("--skip", default="", help="comma-separated kinds to list but not run (e.g. bf16 on a CPU "
+                                                "without bf16 matmul, where it takes seconds)")
+    lat.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    lat.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    lat.add_argument("--runs", type=int, default=15, help="timed calls per kind and source")
+    lat.add_argument("--top-m", type=int, default=100, help="candidates per query")
+    lat.add_argument("--lq", type=int, default=64, help="query descriptors")
+    lat.add_argument("--lx", type=int, default=64, help="descriptors per gallery image")
+    lat.set_defaults(func=run_ames_latency)
 
 
 def _add_trained_bench(benches: argparse._SubParsersAction, name: str, *, func: Callable[[argparse.Namespace], int],
@@ -74,6 +87,18 @@ def _run_trained_bench(args: argparse.Namespace, config_type: Any, run: Callable
     failed = sum(not r.ok for r in result["rows"])
     print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
     print("report: " + ", ".join(str(result["paths"][key]) for key in ("markdown", "json", *figures)))
+    return 0
+
+
+def run_ames_latency(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.ames_latency import LatencyConfig, render_table, run_latency
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(k.strip() for k in text.split(",") if k.strip())
+
+    cfg = LatencyConfig(kinds=names(args.kinds), skip=names(args.skip), device=args.device, threads=args.threads,
+                        runs=args.runs, top_m=args.top_m, lq=args.lq, lx=args.lx)
+    print(render_table(run_latency(cfg), cfg))
     return 0
 
 
