@@ -75,7 +75,7 @@ class _Block(nn.Module):
 
     def ffn(self, tok: torch.Tensor) -> torch.Tensor:
         hidden = self.ffn1(tok)
-        hidden = F.gelu(hidden) if self.gelu else F.relu(hidden)
+        hidden = F.gelu(hidden) if self.gelu else F.relu(hidden, inplace=not torch.is_grad_enabled())
         return self.norm3(tok + self.ffn2(hidden))
 
     def last_across(self, tok: torch.Tensor, lq: int, masks: KeyMasks) -> torch.Tensor:

@@ -37,12 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(func=run_export)
     lat = benches.add_parser("ames-latency", help="ms to re-score one query's top-100 (L_q = L_x = 64) per AMES "
                                                   "scorer kind (fp32, batched, int8, bf16); synthetic, < 1 min")
-    lat.add_argument("--kinds", default="fp32,batched,int8,bf16", help="comma-separated scorer kinds")
+    lat.add_argument("--kinds", default=None, help="comma-separated scorer kinds (default: fp32,batched,int8 on "
+                                                    "cpu, fp32,batched,bf16 on cuda)")
     lat.add_argument("--skip", default="", help="comma-separated kinds to list but not run (e.g. bf16 on a CPU "
                                                 "without bf16 matmul, where it takes seconds)")
     lat.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     lat.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    lat.add_argument("--runs", type=int, default=15, help="timed calls per kind and source")
+    lat.add_argument("--runs", type=int, default=10, help="timed calls per kind and source")
     lat.add_argument("--top-m", type=int, default=100, help="candidates per query")
     lat.add_argument("--lq", type=int, default=64, help="query descriptors")
     lat.add_argument("--lx", type=int, default=64, help="descriptors per gallery image")
@@ -96,7 +97,8 @@ def run_ames_latency(args: argparse.Namespace) -> int:
     def names(text: str) -> tuple[str, ...]:
         return tuple(k.strip() for k in text.split(",") if k.strip())
 
-    cfg = LatencyConfig(kinds=names(args.kinds), skip=names(args.skip), device=args.device, threads=args.threads,
+    default = "fp32,batched,int8" if args.device == "cpu" else "fp32,batched,bf16"
+    cfg = LatencyConfig(kinds=names(args.kinds or default), skip=names(args.skip), device=args.device, threads=args.threads,
                         runs=args.runs, top_m=args.top_m, lq=args.lq, lx=args.lx)
     print(render_table(run_latency(cfg), cfg))
     return 0
