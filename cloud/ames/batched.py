@@ -113,7 +113,7 @@ class PreparedAMES(nn.Module):
         q_tok, q_pad = q_tok.expand(b, -1, -1), q_pad.expand(b, -1)
         tok = torch.cat([q_tok, self.mtc_token.to(x_tok.dtype).expand(b, 1, d), x_tok], dim=1)
         masks = _key_masks(q_pad, x_pad)
-        blocks = list(self.blocks)
+        blocks: list[_Block] = list(self.blocks)  # type: ignore[arg-type]
         for block in blocks:
             tok = block.norm1(tok + block.attend(tok, lq, masks, within=True))
             if not block.last:

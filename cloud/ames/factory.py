@@ -16,6 +16,14 @@ kind           what runs
 ``int8``       ``batched`` with dynamically quantized int8 linear layers (CPU only). Approximate.
 =============  ==================================================================================
 
+Cost (measured with ``asymfuse bench ames-latency``): re-scoring a top-100 at ``L_q = L_x = 64``
+is about 22 G multiply-adds of matmuls (5 blocks x 129 tokens x 100 pairs, two thirds of them in
+the FFN) whatever the batching, so on CPU the kinds differ by the matmul kernel, not the
+launch count: on 2 AVX2 cores (no AVX-512 VNNI/BF16) ``fp32`` and ``batched`` take ~380-400 ms,
+``int8`` ~10% less but inverts ~4% of the fp32 pair order, and bf16 has no fast CPU kernel there
+(seconds). On a GPU the batched kinds make one forward per query instead of one per bucket and
+chunk, which is what the launch-bound ``fp32`` scorer lacks there.
+
 Every kind's object has ``score``, ``score_many``, ``model`` and ``device`` (:class:`PairScorer`),
 which is all :func:`~asymfuse.cloud.ames.rerank.rerank` uses. Exact kinds (:data:`EXACT_KINDS`)
 keep the fp32 order of candidates whose fp32 logits differ by more than 1e-3 (tested); the
@@ -36,7 +44,8 @@ from asymfuse.cloud.ames.scorer import AMESScorer, QueryInput
 from asymfuse.cloud.ames.sources import GalleryLocals
 from asymfuse.edge.errors import ConfigError, UnknownNameError
 
-DEFAULT_CPU_MAX_PAIRS = 25  # candidates per call on CPU: keeps the FFN activations ~13 MB (fastest of 5..100)
+# candidates per call on CPU (FFN activations ~13 MB): 10..50 within 5% of each other on 2 cores, 100 slower
+DEFAULT_CPU_MAX_PAIRS = 25
 
 
 @runtime_checkable

@@ -98,8 +98,8 @@ def run_ames_latency(args: argparse.Namespace) -> int:
         return tuple(k.strip() for k in text.split(",") if k.strip())
 
     default = "fp32,batched,int8" if args.device == "cpu" else "fp32,batched,bf16"
-    cfg = LatencyConfig(kinds=names(args.kinds or default), skip=names(args.skip), device=args.device, threads=args.threads,
-                        runs=args.runs, top_m=args.top_m, lq=args.lq, lx=args.lx)
+    cfg = LatencyConfig(kinds=names(args.kinds or default), skip=names(args.skip), device=args.device,
+                        threads=args.threads, runs=args.runs, top_m=args.top_m, lq=args.lq, lx=args.lx)
     print(render_table(run_latency(cfg), cfg))
     return 0
 
