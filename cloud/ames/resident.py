@@ -32,11 +32,13 @@ class ResidentGallery:
         gallery: the source of local descriptors (read once, in batches, here).
         model: the AMES model whose projection is cached; :meth:`tokens` refuses another one.
         length: slots kept per item (None: the longest item's count, at least 1).
-        device: where the tokens live (None: the model's device).
+        device: where the tokens live (None: the model's device; the model must be there, as
+            after ``create_scorer(model, device=...)``).
         dtype: storage dtype of the tokens (None: the model's); :meth:`tokens` returns them in it.
 
     Raises:
-        ConfigError: bad ``length``, device or model, or the source's own errors.
+        ConfigError: bad ``length``, device or model, a model on another device, or the
+            source's own errors.
     """
 
     def __init__(self, gallery: GalleryLocals, model: AMES, *, length: int | None = None,
@@ -47,7 +49,11 @@ class ResidentGallery:
         counts = gallery.counts(np.arange(n)).astype(np.int64) if n else np.zeros(0, np.int64)
         longest = max(1, int(counts.max(initial=0)))
         self._length = longest if length is None else check_length(length, "length")
-        self._device = resolve_device(device) if device is not None else next(model.parameters()).device
+        model_device = next(model.parameters()).device
+        self._device = resolve_device(device) if device is not None else model_device
+        if self._device != model_device:
+            raise ConfigError(f"the model is on {model_device} but the tokens should live on {self._device}; "
+                              "create the scorer first (it moves the model) or move the model there")
         self._dtype = dtype or model.mtc_token.dtype
         self._model = model
         self._counts = np.minimum(counts, self._length)

@@ -137,6 +137,8 @@ def test_resident_gallery_matches_its_source(serving):
         res.tokens(create_ames(local_dim=LOCAL_DIM, binary=True, seed=9), cand[:2], length=4)
     with pytest.raises(ConfigError, match="out of range"):
         res.counts([NB])
+    with pytest.raises(ConfigError, match="model is on cpu|CUDA is not available"):
+        ResidentGallery(packed, model, device="cuda")
 
 
 def test_create_scorer_misuse(serving):
