@@ -19,7 +19,7 @@ import torch
 
 from asymfuse.cloud.ames.ensemble import combine, ensemble_scores
 from asymfuse.cloud.ames.options import RerankOptions
-from asymfuse.cloud.ames.scorer import AMESScorer
+from asymfuse.cloud.ames.factory import PairScorer
 from asymfuse.cloud.ames.sources import GalleryLocals
 from asymfuse.edge.errors import ConfigError, ShapeError
 
@@ -70,7 +70,7 @@ def _query_arrays(query_locals: np.ndarray | torch.Tensor, q_pad: np.ndarray | t
 
 
 def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | np.ndarray,
-           global_scores: Sequence[float] | np.ndarray, *, options: RerankOptions, scorer: AMESScorer,
+           global_scores: Sequence[float] | np.ndarray, *, options: RerankOptions, scorer: PairScorer,
            gallery: GalleryLocals, q_pad: np.ndarray | torch.Tensor | None = None) -> RerankResult:
     """Re-rank a query's global candidates with AMES (see the module docstring).
 
@@ -80,7 +80,8 @@ def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | 
         global_scores: ``(n,)`` their global similarities.
         options: depth ``top_m``, ensemble ``lam``/``gamma`` and descriptor budgets ``lq``/``lx``
             (:meth:`RerankOptions.from_info` takes λ/γ from the checkpoint).
-        scorer: the AMES scorer; gallery: the candidates' local descriptors.
+        scorer: the AMES scorer (an ``AMESScorer`` or any kind of
+            :func:`~asymfuse.cloud.ames.factory.create_scorer`); gallery: the candidates' local descriptors.
         q_pad: ``(Lq,)`` bool, True = padding (None: all valid).
 
     Returns:

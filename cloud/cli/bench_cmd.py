@@ -1,5 +1,6 @@
 """``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations,
-``bench ames`` the AMES re-ranking tables, ``bench export`` the exported query nets (parity and speed), ``bench serve`` the searcher."""
+``bench ames`` the AMES re-ranking tables, ``bench ames-latency`` the AMES scorer kinds' latency,
+``bench export`` the exported query nets (parity and speed), ``bench serve`` the searcher."""
 
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="override a bench key (sizes, factories, queries, clients, ames, ames_queries, lq, lx); "
                             "repeatable")
     serve.set_defaults(func=run_serve)
+    lat = benches.add_parser("ames-latency", help="ms to re-score one query's top-100 (L_q = L_x = 64) per AMES "
+                                                  "scorer kind (fp32, batched, int8, bf16); synthetic, < 1 min")
+    lat.add_argument("--kinds", default=None, help="comma-separated scorer kinds (default: fp32,batched,int8 on "
+                                                    "cpu, fp32,batched,bf16 on cuda)")
+    lat.add_argument("--skip", default="", help="comma-separated kinds to list but not run (e.g. bf16 on a CPU "
+                                                "without bf16 matmul, where it takes seconds)")
+    lat.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    lat.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    lat.add_argument("--runs", type=int, default=10, help="timed calls per kind and source")
+    lat.add_argument("--top-m", type=int, default=100, help="candidates per query")
+    lat.add_argument("--lq", type=int, default=64, help="query descriptors")
+    lat.add_argument("--lx", type=int, default=64, help="descriptors per gallery image")
+    lat.set_defaults(func=run_ames_latency)
 
 
 def _add_trained_bench(benches: argparse._SubParsersAction, name: str, *, func: Callable[[argparse.Namespace], int],
@@ -95,6 +109,19 @@ def run_serve(args: argparse.Namespace) -> int:
     result = run_serve_bench(cfg, out_dir=out)
     print(result["markdown"])
     print(f"report: {result['paths']['markdown']}, {result['paths']['json']}")
+    return 0
+
+
+def run_ames_latency(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.ames_latency import LatencyConfig, render_table, run_latency
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(k.strip() for k in text.split(",") if k.strip())
+
+    default = "fp32,batched,int8" if args.device == "cpu" else "fp32,batched,bf16"
+    cfg = LatencyConfig(kinds=names(args.kinds or default), skip=names(args.skip), device=args.device,
+                        threads=args.threads, runs=args.runs, top_m=args.top_m, lq=args.lq, lx=args.lx)
+    print(render_table(run_latency(cfg), cfg))
     return 0
 
 
