@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-interval", type=float, default=300.0,
                    help="seconds between snapshots when writes arrived (0: only at shutdown)")
     p.add_argument("--device", default="cpu", help="where AMES runs (cpu, cuda)")
+    p.add_argument("--scorer", default="fp32", help="AMES scorer kind: fp32 (exact, CPU), batched (exact, one call; "
+                                                    "GPU), bf16 (GPU), int8 (default fp32)")
+    p.add_argument("--resident-gallery", action="store_true",
+                   help="keep the projected AMES gallery tokens on the device (small galleries / big GPUs)")
     p.add_argument("--faiss-threads", type=int, default=1,
                    help="OpenMP threads per faiss search (default 1: parallelism comes from concurrent RPCs)")
     p.set_defaults(func=run)
@@ -55,5 +59,6 @@ def run(args: argparse.Namespace) -> int:
                           api_keys=api_keys(args.api_key_file), auth_reads=args.auth_reads, threads=args.threads,
                           max_k=args.max_k, max_batch=args.max_batch, max_message_bytes=args.max_message_mb * MiB,
                           rerank_top_m=args.rerank_top_m, snapshot_interval_s=args.snapshot_interval,
-                          device=args.device, faiss_threads=args.faiss_threads)
+                          device=args.device, faiss_threads=args.faiss_threads, scorer=args.scorer,
+                          resident_gallery=args.resident_gallery)
     return serve(config)

@@ -26,6 +26,10 @@ class ServerConfig:
         snapshot_interval_s: snapshot the index this often when the log holds writes (0: only at shutdown).
         rerank_top_m: default AMES depth (None: 100); scorer: AMES scorer kind ("fp32").
         device: where AMES runs ("cpu", "cuda", ...).
+        scorer: AMES scorer kind (:func:`~asymfuse.cloud.ames.factory.create_scorer`): ``fp32`` (exact,
+            the CPU default), ``batched`` (exact, one batched call; the GPU path), ``bf16`` (GPU), ``int8``.
+        resident_gallery: decode and project the packed gallery once and keep the tokens on ``device``
+            (memory: items x L_x x model_dim x 4 bytes; for small galleries or a large GPU).
         faiss_threads: OpenMP threads of one faiss search (process-wide; applied by ``create_server``).
             Default 1: a serving process gets its parallelism from concurrent RPCs, and faiss's
             OpenMP pool spinning next to torch's made AMES re-ranking 10-15x slower on 2 cores
@@ -47,6 +51,8 @@ class ServerConfig:
     rerank_top_m: int = 100
     device: str = "cpu"
     faiss_threads: int = 1
+    scorer: str = "fp32"
+    resident_gallery: bool = False
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -10,12 +10,14 @@ from asymfuse.cloud.service.searcher import Reranker, Searcher
 from asymfuse.edge.errors import CorruptDataError
 
 
-def load_reranker(folder: Path, ames: dict, *, top_m: int, device: str) -> Reranker:
+def load_reranker(folder: Path, ames: dict, *, top_m: int, device: str, scorer: str = "fp32",
+                  resident: bool = False) -> Reranker:
     """AMES from the ``ames`` entry of ``meta.json`` (paths relative to ``folder``)."""
     from asymfuse.cloud.ames.checkpoint import load_ames  # torch: only where AMES is served
     from asymfuse.cloud.ames.options import RerankOptions
     from asymfuse.cloud.ames.packed_store import PackedLocalStore
-    from asymfuse.cloud.ames.scorer import AMESScorer
+    from asymfuse.cloud.ames.factory import create_scorer
+    from asymfuse.cloud.ames.resident import ResidentGallery
 
     try:
         checkpoint, packed_dir = folder / ames["checkpoint"], folder / ames["packed"]
@@ -26,7 +28,11 @@ def load_reranker(folder: Path, ames: dict, *, top_m: int, device: str) -> Reran
     packed = PackedLocalStore.open(packed_dir, model=model, verify=False)
     options = RerankOptions(top_m=top_m, lam=ames.get("lam", info.lam), gamma=ames.get("gamma", info.gamma),
                             lq=ames.get("lq"), lx=ames.get("lx"))
-    return Reranker(model=model, scorer=AMESScorer(model, device=device), packed=packed, options=options)
+    pair_scorer = create_scorer(model, kind=scorer, device=device)  # moves the model to device
+    keys = packed.ids
+    source = ResidentGallery(packed, model, length=ames.get("lx"), device=device) if resident else packed
+    return Reranker(model=model, scorer=pair_scorer, packed=source, options=options,
+                    key_rows={key: row for row, key in enumerate(keys)})
 
 
 def open_searcher(config: ServerConfig) -> Searcher:
@@ -35,8 +41,8 @@ def open_searcher(config: ServerConfig) -> Searcher:
     index = DurableIndex.open(folder)
     try:
         meta = index.meta
-        reranker = load_reranker(folder, meta.ames, top_m=config.rerank_top_m, device=config.device) \
-            if meta.ames else None
+        reranker = load_reranker(folder, meta.ames, top_m=config.rerank_top_m, device=config.device,
+                                 scorer=config.scorer, resident=config.resident_gallery) if meta.ames else None
         return Searcher(index=index, embedding_space_id=meta.embedding_space_id, model_spec=meta.model_spec,
                         reranker=reranker, max_k=config.max_k, default_k=config.default_k)
     except BaseException:

@@ -67,10 +67,12 @@ def test_tls_round_trip_and_plaintext_refused(tmp_path, flat_folder, gallery):
         server.stop(0)
 
 
-def test_reranked_search_equals_calling_ames_directly(tmp_path, ames_folder, gallery):
+@pytest.mark.parametrize("scorer,resident", [("fp32", False), ("batched", True)])
+def test_reranked_search_equals_calling_ames_directly(tmp_path, ames_folder, gallery, scorer, resident):
     folder, ckpt, packed_dir = ames_folder
     server, port = create_server(ServerConfig(index_dir=str(copy_folder(folder, tmp_path / "index")),
-                                              rerank_top_m=40, snapshot_interval_s=0))
+                                              rerank_top_m=40, snapshot_interval_s=0, scorer=scorer,
+                                              resident_gallery=resident))
     model, info = load_ames(ckpt, variant="binary")
     scorer = AMESScorer(model)
     rng = np.random.default_rng(7)
