@@ -59,7 +59,7 @@ def _open_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[FeatureS
 
 
 def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
-                config: IndexConfig = IndexConfig(), ames: str | os.PathLike[str] | None = None,
+                config: IndexConfig | None = None, ames: str | os.PathLike[str] | None = None,
                 packed: str | os.PathLike[str] | None = None, copy_packed: bool = False,
                 lq: int | None = None, lx: int | None = None, lam: float | None = None,
                 gamma: float | None = None) -> IndexMeta:
@@ -72,6 +72,7 @@ def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLi
         ConfigError: ``out`` exists, stores of two spaces, mixed dims, ``ames`` without ``packed``,
             or a packed store built with another AMES checkpoint.
     """
+    config = IndexConfig() if config is None else config
     out = Path(out)
     if out.exists():
         raise ConfigError(f"{out} already exists; choose a new --out folder (or delete the old index)")

@@ -86,7 +86,8 @@ class IndexConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> IndexConfig:
-        known = {k: data[k] for k in ("factory", "ef_search", "ef_construction", "nprobe", "train_size", "seed") if k in data}
+        names = ("factory", "ef_search", "ef_construction", "nprobe", "train_size", "seed")
+        known = {k: data[k] for k in names if k in data}
         return cls(**known)
 
 

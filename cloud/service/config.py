@@ -57,7 +57,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("give both tls_cert and tls_key (PEM files), or neither for a plaintext port")
-        for name in ("max_message_bytes", "max_k", "default_k", "max_batch", "threads", "rerank_top_m", "faiss_threads"):
+        for name in ("max_message_bytes", "max_k", "default_k", "max_batch", "threads", "rerank_top_m",
+                     "faiss_threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"ServerConfig.{name}={value!r} must be a positive int")

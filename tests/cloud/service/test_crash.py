@@ -105,3 +105,19 @@ def test_sigkill_loses_no_acknowledged_write(tmp_path, flat_folder):
     assert present == expected and size == len(expected)
     print(f"crash test: {KILLS} SIGKILLs, {len(acked_up)} acknowledged upserts, {len(acked_del)} acknowledged "
           f"deletes, {len(in_doubt)} writes in flight at a kill, 0 acknowledged writes lost")
+
+
+def test_sigterm_stops_gracefully_with_a_final_snapshot(tmp_path, flat_folder):
+    folder = copy_folder(flat_folder, tmp_path / "index")
+    proc, port = start_server(folder)
+    try:
+        with client(port, key=API_KEY) as c:
+            c.upsert([777], unit_vectors(1, DIM, seed=5))
+        assert (folder / "wal.log").stat().st_size > 0  # the write is in the log
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    assert (folder / "wal.log").stat().st_size == 0  # ... and in the final snapshot
+    with DurableIndex.open(folder) as index:
+        assert 777 in index and index.replayed == 0 and index.size == N + 1

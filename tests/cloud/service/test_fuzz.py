@@ -28,7 +28,8 @@ def _vector(dim: int, values: list[float], dtype: int, raw: bytes, use_raw: bool
     return pb.Vector(dim=dim, dtype=dtype, data=data)
 
 
-vectors = st.builds(_vector, dims, st.lists(floats, max_size=70), st.integers(0, 3), st.binary(max_size=300), st.booleans())
+vectors = st.builds(_vector, dims, st.lists(floats, max_size=70), st.integers(0, 3), st.binary(max_size=300),
+                    st.booleans())
 options = st.builds(lambda k, m, off, field, values: pb.SearchOptions(
     k=k, rerank_top_m=m, disable_rerank=off, filter=pb.Filter(field=field, values=values)),
     st.one_of(st.integers(0, 20), st.integers(0, 2**32 - 1)), st.integers(0, 5000), st.booleans(),
