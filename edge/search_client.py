@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from asymfuse.edge.errors import ConfigError, IncompatibleModelError, RemoteError, missing_dependency
-from asymfuse.edge.wire import pack_locals, pack_vector
+from asymfuse.edge.wire import Hit, pack_locals, pack_vector
 
 
 def _grpc() -> Any:
@@ -59,15 +59,6 @@ class ClientConfig:
             raise ConfigError(f"target={self.target!r} must be host:port")
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
             raise ConfigError("timeout_s must be > 0, retries and backoff_s >= 0")
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: int
-    score: float
-    global_score: float
-    reranked: bool
-    metadata: dict[str, str]
 
 
 class SearchClient:

@@ -8,6 +8,7 @@ answers as INVALID_ARGUMENT.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,18 @@ from asymfuse.edge.errors import ShapeError
 
 _DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f4"), 2: np.dtype("<f2")}
 MAX_LOCALS = 4096  # local descriptors per query
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the gallery id, the ranking score (AMES ensemble when ``reranked``, else
+    the global similarity), the global similarity and the item's metadata."""
+
+    id: int
+    score: float
+    global_score: float
+    reranked: bool
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def _pb() -> Any:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asymfuse.cloud.ames.model import AMES, AMESDecoderLayer
-from asymfuse.cloud.ames.scorer import KeyMasks, _heads, _key_masks, _merge
+from asymfuse.cloud.ames.scorer import KeyMasks, _heads, _key_masks, _merge, block_sdpa
 from asymfuse.edge.errors import ConfigError
 
 WEIGHTS = ("fp32", "int8")
@@ -62,16 +62,8 @@ class _Block(nn.Module):
     def attend(self, x: torch.Tensor, lq: int, masks: KeyMasks, *, within: bool) -> torch.Tensor:
         """Within- or across-image attention of ``[q; t; x]`` ``(B, T, d)`` -> ``(B, T, d)``."""
         qkv, out = (self.self_qkv, self.self_out) if within else (self.cross_qkv, self.cross_out)
-        t = x.shape[1]
         q, k, v = _heads(qkv(x), 3, self.heads)
-        m_qt, m_tx, m_all = masks
-        qt, tx = slice(0, lq + 1), slice(lq, t)
-        q_keys, x_keys, q_mask, x_mask = (qt, tx, m_qt, m_tx) if within else (tx, qt, m_tx, m_qt)
-        sdpa = F.scaled_dot_product_attention
-        o_q = sdpa(q[:, :, :lq], k[:, :, q_keys], v[:, :, q_keys], attn_mask=q_mask)
-        o_t = sdpa(q[:, :, lq:lq + 1], k, v, attn_mask=m_all)
-        o_x = sdpa(q[:, :, lq + 1:], k[:, :, x_keys], v[:, :, x_keys], attn_mask=x_mask)
-        return out(_merge([o_q, o_t, o_x]))
+        return out(block_sdpa(q, k, v, lq, masks, within=within))
 
     def ffn(self, tok: torch.Tensor) -> torch.Tensor:
         hidden = self.ffn1(tok)

@@ -86,8 +86,15 @@ def _merge(outs: Sequence[torch.Tensor]) -> torch.Tensor:
 def _block_attend(mha: nn.MultiheadAttention, x: torch.Tensor, lq: int, masks: KeyMasks, *,
                   within: bool) -> torch.Tensor:
     """Within- or across-image attention of tokens ``[q; t; x]`` ``(B, T, d)`` with ``mha``'s weights."""
-    t = x.shape[1]
     q, k, v = _heads(F.linear(x, mha.in_proj_weight, mha.in_proj_bias), 3, mha.num_heads)
+    return mha.out_proj(block_sdpa(q, k, v, lq, masks, within=within))
+
+
+def block_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lq: int, masks: KeyMasks, *,
+               within: bool) -> torch.Tensor:
+    """The three SDPA calls of one block attention (module docstring, point 1): heads ``(B, h, T, d / h)``
+    of tokens ``[q; t; x]`` -> merged outputs ``(B, T, d)`` before the output projection."""
+    t = q.shape[2]
     m_qt, m_tx, m_all = masks
     qt, tx = slice(0, lq + 1), slice(lq, t)
     q_keys, x_keys, q_mask, x_mask = (qt, tx, m_qt, m_tx) if within else (tx, qt, m_tx, m_qt)
@@ -95,7 +102,7 @@ def _block_attend(mha: nn.MultiheadAttention, x: torch.Tensor, lq: int, masks: K
     o_q = sdpa(q[:, :, :lq], k[:, :, q_keys], v[:, :, q_keys], attn_mask=q_mask)
     o_t = sdpa(q[:, :, lq:lq + 1], k, v, attn_mask=m_all)
     o_x = sdpa(q[:, :, lq + 1:], k[:, :, x_keys], v[:, :, x_keys], attn_mask=x_mask)
-    return mha.out_proj(_merge([o_q, o_t, o_x]))
+    return _merge([o_q, o_t, o_x])
 
 
 def _ffn(layer: AMESDecoderLayer, tok: torch.Tensor, *, gelu: bool) -> torch.Tensor:

@@ -23,20 +23,12 @@ import numpy as np
 from asymfuse.cloud.index.base import Index
 from asymfuse.cloud.index.index_meta import KEY_FIELD
 from asymfuse.edge.errors import AsymfuseError, ConfigError, ShapeError
+from asymfuse.edge.wire import Hit
 
 
 
 class SpaceMismatchError(AsymfuseError, ValueError):
     """A client's embedding space differs from the served one (maps to FAILED_PRECONDITION)."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: int
-    score: float
-    global_score: float
-    reranked: bool
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

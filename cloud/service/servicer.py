@@ -22,6 +22,7 @@ a request whose bytes do not parse gets INVALID_ARGUMENT instead of gRPC's gener
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 import hmac
 import logging
 import time
@@ -220,45 +221,40 @@ def _log(method: str, code: grpc.StatusCode, start: float) -> None:
     LOG.info("%s %s %.2fms", method, code.name, (time.perf_counter() - start) * 1e3)
 
 
+@contextmanager
+def _guard(service: SearcherService, method: str, context: grpc.ServicerContext) -> Iterator[None]:
+    """Map an error raised inside to its status (an abort passes through) and log method, status, ms."""
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status (see status_of)
+            if _is_abort(exc, context):
+                raise
+            service._fail(method, context, exc)
+    except BaseException:
+        code = context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+        raise
+    finally:
+        _log(method, code, start)
+
+
 def _rpc(service: SearcherService, method: str, impl: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     @functools.wraps(impl)
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        with _guard(service, method, context):
             service._check_request(method, request, context)
-            try:
-                return impl(request, context)
-            except Exception as exc:  # noqa: BLE001 - every error becomes a status (see status_of)
-                if _is_abort(exc, context):
-                    raise
-                service._fail(method, context, exc)
-        except BaseException:
-            code = context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            _log(method, code, start)
+            return impl(request, context)
     return handler
 
 
 def _rpc_stream(service: SearcherService, method: str, impl: Callable[[Any, Any], Iterator[Any]]
                 ) -> Callable[[Any, Any], Iterator[Any]]:
     def handler(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        with _guard(service, method, context):
             service._check_request(method, None, context)
-            try:
-                yield from impl(requests, context)
-            except Exception as exc:  # noqa: BLE001
-                if _is_abort(exc, context):
-                    raise
-                service._fail(method, context, exc)
-        except BaseException:
-            code = context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            _log(method, code, start)
+            yield from impl(requests, context)
     return handler
 
 
