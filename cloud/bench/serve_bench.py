@@ -89,7 +89,8 @@ class ServeBenchConfig:
         bad = sorted(set(values) - known)
         if bad:
             raise ConfigError(f"unknown bench serve setting(s) {bad}; known: {sorted(known)}")
-        fixed = {k: tuple(v) if isinstance(getattr(self, k), tuple) and isinstance(v, list) else v
+        # tuple settings take a JSON list or one value: sizes=100000, factories='["Flat","IVF1024,SQ8"]'
+        fixed = {k: (tuple(v) if isinstance(v, list) else (v,)) if isinstance(getattr(self, k), tuple) else v
                  for k, v in values.items()}
         return replace(self, **fixed)
 

@@ -30,7 +30,7 @@ class ServerConfig:
             the CPU default), ``batched`` (exact, one batched call; the GPU path), ``bf16`` (GPU), ``int8``.
         resident_gallery: decode and project the packed gallery once and keep the tokens on ``device``
             (memory: items x L_x x model_dim x 4 bytes; for small galleries or a large GPU).
-        faiss_threads: OpenMP threads of one faiss search (process-wide; applied by ``create_server``).
+        faiss_threads: OpenMP threads of one faiss search (set around each search call, then restored).
             Default 1: a serving process gets its parallelism from concurrent RPCs, and faiss's
             OpenMP pool spinning next to torch's made AMES re-ranking 10-15x slower on 2 cores
             (measured: 7.4 s instead of 0.5 s for 100 candidates).

@@ -44,7 +44,8 @@ def open_searcher(config: ServerConfig) -> Searcher:
         reranker = load_reranker(folder, meta.ames, top_m=config.rerank_top_m, device=config.device,
                                  scorer=config.scorer, resident=config.resident_gallery) if meta.ames else None
         return Searcher(index=index, embedding_space_id=meta.embedding_space_id, model_spec=meta.model_spec,
-                        reranker=reranker, max_k=config.max_k, default_k=config.default_k)
+                        reranker=reranker, max_k=config.max_k, default_k=config.default_k,
+                        search_threads=config.faiss_threads)
     except BaseException:
         index.close(snapshot=False)
         raise

@@ -22,6 +22,7 @@ import numpy as np
 
 from asymfuse.cloud.index.base import Index
 from asymfuse.cloud.index.index_meta import KEY_FIELD
+from asymfuse.cloud.index.omp import omp_threads
 from asymfuse.edge.errors import AsymfuseError, ConfigError, ShapeError
 from asymfuse.edge.wire import Hit
 
@@ -99,10 +100,13 @@ class Searcher:
         model_spec: the query side's ModelSpec as a dict (reported by GetInfo), or None.
         reranker: AMES, or None (global search only).
         max_k, default_k: result limits.
+        search_threads: OpenMP threads of one faiss search, set around that call only (None: the
+            thread's current count). torch's count on the same thread is left as it was.
     """
 
     def __init__(self, *, index: Index, embedding_space_id: str, model_spec: dict[str, Any] | None = None,
-                 reranker: Reranker | None = None, max_k: int = 1000, default_k: int = 10) -> None:
+                 reranker: Reranker | None = None, max_k: int = 1000, default_k: int = 10,
+                 search_threads: int | None = None) -> None:
         if not 1 <= default_k <= max_k:
             raise ConfigError(f"need 1 <= default_k ({default_k}) <= max_k ({max_k})")
         self.index = index
@@ -111,6 +115,7 @@ class Searcher:
         self.reranker = reranker
         self.max_k = max_k
         self.default_k = default_k
+        self.search_threads = search_threads
 
     def check_space(self, client_space: str) -> None:
         """Raises SpaceMismatchError unless ``client_space`` is the served space."""
@@ -140,8 +145,9 @@ class Searcher:
             if not 1 <= top_m <= self.max_k:
                 raise ShapeError(f"rerank_top_m={top_m} is out of range; use 1..{self.max_k}")
         depth = max(k, top_m)
-        D, I = self.index.search(np.asarray(query, dtype=np.float32)[None, :], k=depth, filter_field=filter_field,
-                                 filter_values=filter_values)
+        with omp_threads(self.search_threads):
+            D, I = self.index.search(np.asarray(query, dtype=np.float32)[None, :], k=depth,
+                                     filter_field=filter_field, filter_values=filter_values)
         keep = I[0] >= 0
         ids, scores = I[0][keep], D[0][keep].astype(np.float64)
         meta = self.index.metadata(ids.tolist())

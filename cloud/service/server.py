@@ -93,9 +93,6 @@ def create_server(config: ServerConfig, *, searcher: Searcher | None = None) -> 
         ConfigError: the address cannot be bound or the TLS files are unreadable.
         CorruptDataError: the index folder is damaged.
     """
-    import faiss
-
-    faiss.omp_set_num_threads(config.faiss_threads)  # process-wide, see ServerConfig.faiss_threads
     searcher = searcher if searcher is not None else open_searcher(config)
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes),

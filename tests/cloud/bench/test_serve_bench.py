@@ -34,6 +34,8 @@ def test_config_and_helpers():
         ServeBenchConfig.preset("quick").with_overrides({"nope": 1})
     with pytest.raises(ConfigError, match="tier"):
         ServeBenchConfig.preset("huge")
+    one = ServeBenchConfig.preset("quick").with_overrides({"sizes": 5000, "factories": "IVF64,SQ8"})
+    assert (one.sizes, one.factories) == ((5000,), ("IVF64,SQ8",))  # `--set sizes=5000`: one value
     assert _factory_for("IVF4096,PQ64", 100_000, True) == "IVF2564,PQ64"
     assert _factory_for("OPQ64,IVF4096,PQ64", 10**6, True) == "OPQ64,IVF4096,PQ64"
     x = synthetic_vectors(10, 8, seed=0, chunk=3)

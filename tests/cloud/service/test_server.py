@@ -8,12 +8,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asymfuse.cloud.index.durable import DurableIndex
+from asymfuse.cloud.service.config import ServerConfig
+from asymfuse.cloud.service.server import create_server
 from asymfuse.edge.errors import IncompatibleModelError, RemoteError
 from asymfuse.edge.wire import pack_vector
 from asymfuse.proto import searcher_pb2 as pb
 from asymfuse.proto import searcher_pb2_grpc as pbg
 
-from .conftest import API_KEY, DIM, N, SPACE, client, unit_vectors
+from .conftest import API_KEY, DIM, N, SPACE, client, copy_folder, unit_vectors
 
 
 def brute_force(gallery: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,3 +182,43 @@ def test_requests_are_logged_without_the_key(served, caplog):
     text = caplog.text
     assert "Upsert OK" in text and "Search FAILED_PRECONDITION" in text
     assert API_KEY not in text
+
+
+class _RecordingIndex:
+    """Delegates to the real durable index and notes the OpenMP thread count of each search."""
+
+    def __init__(self, index):
+        self._index, self.seen = index, []
+
+    def search(self, xq, **kw):
+        import faiss
+
+        self.seen.append(faiss.omp_get_max_threads())
+        return self._index.search(xq, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
+
+
+def test_faiss_threads_hold_for_the_search_only_and_leave_torch_alone(tmp_path, flat_folder, gallery):
+    """``faiss_threads`` is set around each faiss call; a server start and searches on this thread
+    leave its torch and OpenMP counts as they were (a process-wide set once leaked into a trainer
+    run later in the same process)."""
+    import faiss
+    import torch
+
+    from asymfuse.cloud.service.loader import open_searcher
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    server, _ = create_server(ServerConfig(index_dir=str(copy_folder(flat_folder, tmp_path / "a")),
+                                           snapshot_interval_s=0, faiss_threads=1))
+    server.stop(0)
+    searcher = open_searcher(ServerConfig(index_dir=str(copy_folder(flat_folder, tmp_path / "b")), faiss_threads=1))
+    try:
+        searcher.index = _RecordingIndex(searcher.index)
+        result = searcher.search(gallery[7], k=3)
+        assert searcher.index.seen == [1]
+        assert result.hits[0].id == 7
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    finally:
+        searcher.index.close(snapshot=False)

@@ -301,7 +301,10 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] < 3
     res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    train_aff(cfg, out_dir=tmp_path / "full")
+    # the reference run is a fresh process too, so both see the same thread counts and no state left
+    # behind by earlier tests in this process
+    full = subprocess.run([*cmd[:-1], str(tmp_path / "full")], capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
     resumed = torch.load(run / "last.pt", weights_only=True)
     assert resumed["epoch"] == 3
     expected = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
@@ -309,4 +312,5 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
         keys = [k for k in expected if k.startswith(prefix)]
         assert keys, prefix
         for k in keys:
-            torch.testing.assert_close(resumed["model"][k], expected[k], rtol=0, atol=1e-6, msg=k)
+            torch.testing.assert_close(resumed["model"][k], expected[k], rtol=0, atol=1e-6,
+                                       msg=lambda m, k=k: f"{k}: {m}")
