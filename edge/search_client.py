@@ -5,7 +5,11 @@ It sends the client's ``embedding_space_id`` with every request, an API key as
 answers are retried with exponential backoff (``retries`` times); every other status is raised at
 once: FAILED_PRECONDITION (another embedding space) as
 :class:`~asymfuse.edge.errors.IncompatibleModelError`, the rest as
-:class:`~asymfuse.edge.errors.RemoteError` carrying the status name.
+:class:`~asymfuse.edge.errors.RemoteError` carrying the status name. Retries never outlive the
+call's deadline: a server at a wrong address fails within ``timeout_s``.
+
+With ``check_on_connect`` the client asks GetInfo once when it is created and refuses a searcher
+that serves another embedding space before any query is sent.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class ClientConfig:
         tls: use TLS; ``root_certificates`` (PEM bytes) trusts a given CA, None the system roots.
         timeout_s: deadline of each call; retries: extra attempts on UNAVAILABLE; backoff_s: first wait.
         half: send vectors as float16 (half the bytes).
+        check_on_connect: call GetInfo when the client is created and raise IncompatibleModelError
+            when the searcher serves another embedding space.
+        options: extra gRPC channel options.
     """
 
     target: str
@@ -53,6 +60,7 @@ class ClientConfig:
     backoff_s: float = 0.1
     half: bool = False
     options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    check_on_connect: bool = False
 
     def __post_init__(self) -> None:
         if not self.target or ":" not in self.target:
@@ -62,7 +70,12 @@ class ClientConfig:
 
 
 class SearchClient:
-    """See the module docstring. Use as a context manager or call :meth:`close`."""
+    """See the module docstring. Use as a context manager or call :meth:`close`.
+
+    Raises:
+        IncompatibleModelError: (with ``check_on_connect``) the searcher serves another space.
+        RemoteError: (with ``check_on_connect``) the searcher cannot be reached within the deadline.
+    """
 
     def __init__(self, config: ClientConfig) -> None:
         grpc = _grpc()
@@ -77,16 +90,24 @@ class SearchClient:
             self._channel = grpc.insecure_channel(config.target, options=list(config.options))
         self._stub = searcher_pb2_grpc.SearcherStub(self._channel)
         self._metadata = (("authorization", f"Bearer {config.api_key}"),) if config.api_key else ()
+        if config.check_on_connect:
+            try:
+                self.check_space()
+            except BaseException:
+                self._channel.close()
+                raise
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, method: Callable[..., Any], request: Any) -> Any:
         grpc = _grpc()
+        deadline = time.monotonic() + self.config.timeout_s
         wait = self.config.backoff_s
         for attempt in range(self.config.retries + 1):
             try:
-                return method(request, timeout=self.config.timeout_s, metadata=self._metadata)
+                return method(request, timeout=max(deadline - time.monotonic(), 1e-3), metadata=self._metadata)
             except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.config.retries:
+                retry = exc.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.config.retries
+                if retry and time.monotonic() + wait < deadline:
                     time.sleep(wait)
                     wait *= 2
                     continue
@@ -103,7 +124,7 @@ class SearchClient:
             return IncompatibleModelError(details, server_space=server, client_space=self.config.embedding_space_id)
         return RemoteError(f"{code.name}: {details}", code=code.name)
 
-    def _request(self, vector: np.ndarray, *, k: int, locals_: np.ndarray | None, mask: np.ndarray | None,
+    def _request(self, vector: np.ndarray, *, k: int, locals_: np.ndarray | None, pad: np.ndarray | None,
                  rerank: bool, rerank_top_m: int, filter_: tuple[str, Sequence[str]] | None,
                  request_id: str = "") -> Any:
         pb = self._pb
@@ -114,7 +135,7 @@ class SearchClient:
         req = pb.SearchRequest(embedding_space_id=self.config.embedding_space_id,
                                query=pack_vector(vector, half=self.config.half), options=options, request_id=request_id)
         if locals_ is not None:
-            req.locals.CopyFrom(pack_locals(locals_, mask, half=self.config.half))
+            req.locals.CopyFrom(pack_locals(locals_, pad, half=self.config.half))
         return req
 
     @staticmethod
@@ -123,29 +144,54 @@ class SearchClient:
 
     # ------------------------------------------------------------------ API
     def search(self, vector: np.ndarray, k: int = 10, *, locals_: np.ndarray | None = None,
-               mask: np.ndarray | None = None, rerank: bool = True, rerank_top_m: int = 0,
+               pad: np.ndarray | None = None, rerank: bool = True, rerank_top_m: int = 0,
                filter_: tuple[str, Sequence[str]] | None = None) -> list[Hit]:
-        """Top-``k`` gallery hits of a ``(d,)`` query; ``locals_`` ``(L, dim)`` with ``mask`` ``(L,)``
-        (True = valid) enables AMES re-ranking; ``filter_`` = ``(field, values)``."""
-        req = self._request(vector, k=k, locals_=locals_, mask=mask, rerank=rerank, rerank_top_m=rerank_top_m,
+        """Top-``k`` gallery hits (best first) of a ``(d,)`` float32 unit-norm query.
+
+        ``locals_`` ``(L, local_dim)`` with ``pad`` ``(L,)`` (True = padding) enables AMES re-ranking
+        of the top ``rerank_top_m`` (0: the server's default); ``filter_`` = ``(field, values)``.
+
+        Raises:
+            IncompatibleModelError: the searcher serves another embedding space.
+            RemoteError: any other refusal (the status name is in ``code``).
+        """
+        req = self._request(vector, k=k, locals_=locals_, pad=pad, rerank=rerank, rerank_top_m=rerank_top_m,
                             filter_=filter_)
         return self._hits(self._call(self._stub.Search, req))
 
     def search_batch(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """One list of hits per row of ``vectors`` ``(n, d)`` (global search)."""
+        """One list of hits per row of ``vectors`` ``(n, d)`` (global search).
+
+        Raises:
+            IncompatibleModelError, RemoteError: as :meth:`search`.
+        """
         pb = self._pb
-        reqs = [self._request(v, k=k, locals_=None, mask=None, rerank=False, rerank_top_m=0, filter_=None)
+        reqs = [self._request(v, k=k, locals_=None, pad=None, rerank=False, rerank_top_m=0, filter_=None)
                 for v in np.asarray(vectors)]
         response = self._call(self._stub.SearchBatch, pb.SearchBatchRequest(requests=reqs))
         return [self._hits(r) for r in response.responses]
 
-    def search_stream(self, vectors: Iterable[np.ndarray], k: int = 10) -> Iterator[list[Hit]]:
-        """Stream queries (e.g. camera frames); yields each one's hits in order."""
+    def search_stream(self, queries: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
+                      k: int = 10, *, rerank: bool = True, stream_timeout_s: float | None = None
+                      ) -> Iterator[list[Hit]]:
+        """Stream queries (e.g. one per camera frame) over one call; yields each one's hits in order.
+
+        A query is a ``(d,)`` vector or ``(vector, locals_, pad)``. The whole stream has one deadline,
+        ``stream_timeout_s`` (None: no deadline; a camera stream is open-ended).
+
+        Raises:
+            IncompatibleModelError, RemoteError: as :meth:`search`.
+        """
         grpc = _grpc()
-        requests = (self._request(v, k=k, locals_=None, mask=None, rerank=False, rerank_top_m=0, filter_=None,
-                                  request_id=str(i)) for i, v in enumerate(vectors))
+
+        def requests() -> Iterator[Any]:
+            for i, query in enumerate(queries):
+                vector, locals_, pad = query if isinstance(query, tuple) else (query, None, None)
+                yield self._request(vector, k=k, locals_=locals_, pad=pad, rerank=rerank, rerank_top_m=0,
+                                    filter_=None, request_id=str(i))
+
         try:
-            for response in self._stub.SearchStream(requests, timeout=self.config.timeout_s, metadata=self._metadata):
+            for response in self._stub.SearchStream(requests(), timeout=stream_timeout_s, metadata=self._metadata):
                 yield self._hits(response)
         except grpc.RpcError as exc:
             raise self._translate(exc) from exc
@@ -173,6 +219,23 @@ class SearchClient:
                 "ames_enabled": r.ames_enabled, "ames_local_dim": r.ames_local_dim, "factory": r.factory,
                 "max_k": r.max_k, "max_batch": r.max_batch, "default_k": r.default_k,
                 "default_rerank_top_m": r.default_rerank_top_m}
+
+    def check_space(self) -> dict[str, Any]:
+        """GetInfo, then refuse a searcher of another embedding space; returns the info.
+
+        Raises:
+            IncompatibleModelError: the searcher's space is not this client's.
+            RemoteError: the searcher cannot be reached.
+        """
+        info = self.info()
+        if info["embedding_space_id"] != self.config.embedding_space_id:
+            server = info["embedding_space_id"]
+            raise IncompatibleModelError(
+                f"the searcher serves embedding space {server!r} but this client's model is in "
+                f"{self.config.embedding_space_id!r}: update the query model to the one the gallery was indexed "
+                "for (GetInfo's model_spec names it), or re-index the gallery for this model",
+                server_space=server, client_space=self.config.embedding_space_id)
+        return info
 
     def close(self) -> None:
         self._channel.close()

@@ -73,13 +73,24 @@ def unpack_vector(msg: Any, *, dim: int, what: str = "query") -> np.ndarray:
     return arr
 
 
-def pack_locals(x: np.ndarray, mask: np.ndarray | None = None, *, half: bool = False) -> Any:
-    """``(L, dim)`` local descriptors and ``(L,)`` bool validity (True = valid) -> ``LocalDescriptors``."""
+def pack_locals(x: np.ndarray, pad: np.ndarray | None = None, *, half: bool = False) -> Any:
+    """``(L, dim)`` local descriptors and ``(L,)`` bool ``pad`` (True = padding, as in AMES; None: all
+    valid) -> ``LocalDescriptors`` (whose wire ``mask`` is the inverse: nonzero = valid).
+
+    Raises:
+        ShapeError: descriptors not 2-D, or a ``pad`` that is not ``(L,)``.
+    """
     arr = np.asarray(x, dtype=np.float32)
     if arr.ndim != 2:
         raise ShapeError(f"local descriptors must be (L, dim), got shape {arr.shape}")
     pb = _pb()
-    m = b"" if mask is None else np.asarray(mask, dtype=bool).astype(np.uint8).tobytes()
+    m = b""
+    if pad is not None:
+        p = np.asarray(pad, dtype=bool)
+        if p.shape != (arr.shape[0],):
+            raise ShapeError(f"pad has shape {p.shape} for {arr.shape[0]} descriptors; give one bool per row "
+                             "(True = padding)")
+        m = (~p).astype(np.uint8).tobytes()
     return pb.LocalDescriptors(data=arr.astype("<f2" if half else "<f4").tobytes(), count=arr.shape[0],
                                dim=arr.shape[1], dtype=pb.FLOAT16 if half else pb.FLOAT32, mask=m)
 

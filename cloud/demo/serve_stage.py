@@ -88,7 +88,7 @@ def run_serve_stage(*, test: RetrievalDataset, xq: np.ndarray, mixer: Path, gall
             for i in range(test.nq):
                 desc, pad = query_locals.descriptors([i], length=lq)
                 t0 = time.perf_counter()
-                hits = client.search(xq[i], k=test.nb, locals_=desc[0], mask=~pad[0], rerank_top_m=top_m)
+                hits = client.search(xq[i], k=test.nb, locals_=desc[0], pad=pad[0], rerank_top_m=top_m)
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 order = np.array([position[h.metadata["key"]] for h in hits], dtype=np.int64)
                 ranks[:, i] = order

@@ -103,5 +103,5 @@ def served(tmp_path, flat_folder) -> Iterator[tuple[SearchServer, int]]:
 
 
 def client(port: int, *, space: str = SPACE, key: str | None = API_KEY, **kw) -> SearchClient:
-    return SearchClient(ClientConfig(target=f"127.0.0.1:{port}", embedding_space_id=space, api_key=key,
-                                     retries=0, timeout_s=20, **kw))
+    settings = {"retries": 0, "timeout_s": 20, **kw}
+    return SearchClient(ClientConfig(target=f"127.0.0.1:{port}", embedding_space_id=space, api_key=key, **settings))

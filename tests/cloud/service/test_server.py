@@ -99,6 +99,42 @@ def test_another_embedding_space_is_refused_with_both_ids(served):
             c.search(unit_vectors(1, DIM, seed=1)[0])
     assert err.value.server_space == SPACE and err.value.client_space == "old-space"
     assert "update the phone's query model" in str(err.value) and "re-index" in str(err.value)
+    with pytest.raises(IncompatibleModelError) as err:  # refused on connect, before any query
+        client(port, space="old-space", check_on_connect=True)
+    assert err.value.server_space == SPACE and "re-index the gallery" in str(err.value)
+    with client(port, check_on_connect=True) as c:
+        assert c.check_space()["embedding_space_id"] == SPACE
+
+
+def test_a_server_at_a_wrong_address_fails_within_the_deadline():
+    """Retries on UNAVAILABLE (refused connections) stop at the call's deadline."""
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    with client(port, retries=50, timeout_s=1.0) as c, pytest.raises(RemoteError) as err:
+        c.search(unit_vectors(1, DIM, seed=1)[0])
+    assert time.monotonic() - start < 3.0 and err.value.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    with pytest.raises(RemoteError):
+        client(port, retries=0, timeout_s=0.5, check_on_connect=True)
+
+
+def test_stream_with_locals_and_pad_shape_errors(served, gallery):
+    """A streamed query may be ``(vector, locals_, pad)``; a pad of the wrong length is refused locally."""
+    from asymfuse.edge.errors import ShapeError
+
+    _, port = served
+    q = unit_vectors(2, DIM, seed=4)
+    locs = np.ones((3, 8), np.float32)
+    with client(port) as c:
+        out = list(c.search_stream([q[0], (q[1], locs, np.array([False, False, True]))], k=4))
+        assert [h.id for h in out[0]] == brute_force(gallery, q[0], 4)[0].tolist()
+        assert [h.id for h in out[1]] == brute_force(gallery, q[1], 4)[0].tolist()  # no AMES: global order
+        with pytest.raises(ShapeError, match="one bool per row"):
+            c.search(q[0], locals_=locs, pad=np.zeros(2, bool))
 
 
 def _stub(port):

@@ -85,7 +85,7 @@ def test_reranked_search_equals_calling_ames_directly(tmp_path, ames_folder, gal
                 q /= np.linalg.norm(q)
                 desc = rng.standard_normal((L, LOCAL_DIM)).astype(np.float32)
                 valid = np.arange(L) < 4 + qi
-                hits = c.search(q, k=20, locals_=desc, mask=valid)
+                hits = c.search(q, k=20, locals_=desc, pad=~valid)
                 # direct: global top-40 by NumPy, gallery locals by row, AMES via rerank()
                 g = gallery @ q
                 cand = np.argsort(-g, kind="stable")[:40]
@@ -98,7 +98,7 @@ def test_reranked_search_equals_calling_ames_directly(tmp_path, ames_folder, gal
                 assert [h.id for h in hits] == cand[want.ids[:20]].tolist()
                 np.testing.assert_allclose([h.score for h in hits], want.scores[:20], atol=1e-5)
                 assert all(h.reranked for h in hits) and codes_known.sum() >= 30
-                plain = c.search(q, k=20, locals_=desc, mask=valid, rerank=False)
+                plain = c.search(q, k=20, locals_=desc, pad=~valid, rerank=False)
                 assert [h.id for h in plain] == cand[:20].tolist() and not any(h.reranked for h in plain)
     finally:
         server.stop(0)
