@@ -158,9 +158,10 @@ def _factory_for(factory: str, n: int, cap: bool) -> str:
     return ",".join(parts)
 
 
-def build_searcher_folder(xb: np.ndarray, folder: Path, *, factory: str) -> tuple[float, float, float]:
-    """Index ``xb`` (ids = rows, ``key`` = ``img<row>``) into ``folder``; returns ``(seconds,
-    resident bytes per image, snapshot bytes per image)``."""
+def build_searcher_folder(xb: np.ndarray, folder: Path, *, factory: str, space: str = SPACE
+                          ) -> tuple[float, float, float]:
+    """Index ``xb`` (ids = rows, ``key`` = ``img<row>``) into ``folder`` as embedding space ``space``;
+    returns ``(seconds, resident bytes per image, snapshot bytes per image)``."""
     rss0 = _rss_bytes()
     start = time.perf_counter()
     index = FaissIndex.create(config=IndexConfig(factory=factory), dim=xb.shape[1])
@@ -168,7 +169,7 @@ def build_searcher_folder(xb: np.ndarray, folder: Path, *, factory: str) -> tupl
     for lo in range(0, xb.shape[0], 65536):
         hi = min(lo + 65536, xb.shape[0])
         index.upsert(np.arange(lo, hi), xb[lo:hi], [{KEY_FIELD: f"img{i}"} for i in range(lo, hi)])
-    meta = IndexMeta(dim=xb.shape[1], config=index.config.to_dict(), embedding_space_id=SPACE, count=xb.shape[0])
+    meta = IndexMeta(dim=xb.shape[1], config=index.config.to_dict(), embedding_space_id=space, count=xb.shape[0])
     DurableIndex.create(folder, meta=meta, index=index).close(snapshot=False)
     seconds = time.perf_counter() - start
     resident = (_rss_bytes() - rss0) / xb.shape[0]

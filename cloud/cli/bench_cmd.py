@@ -1,6 +1,7 @@
 """``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations,
 ``bench ames`` the AMES re-ranking tables, ``bench ames-latency`` the AMES scorer kinds' latency,
-``bench export`` the exported query nets (parity and speed), ``bench serve`` the searcher."""
+``bench export`` the exported query nets (parity and speed), ``bench serve`` the searcher,
+``bench edge`` the torch-free edge SDK (embed and end-to-end latency, install size)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="override a bench key (sizes, factories, queries, clients, ames, ames_queries, lq, lx); "
                             "repeatable")
     serve.set_defaults(func=run_serve)
+    edge = benches.add_parser("edge", help="the edge SDK per exported model: cold start, embed p50/p90 at 1 and 2 "
+                                           "threads, end to end with a local searcher (+AMES), install size")
+    edge.add_argument("--quick", action="store_true", help="the quick tier (ONNX and TFLite fp32, 20k gallery)")
+    edge.add_argument("--models", default=None, help="a folder written by `asymfuse export` (default: export "
+                                                     "EfficientNet-Lite0 at 224 px here)")
+    edge.add_argument("--out", default=None, help="output folder (default runs/bench/edge or runs/bench/edge-quick)")
+    edge.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                      help="override a bench key (targets, threads, runs, gallery, factory, e2e_queries, top_m, "
+                           "input_size, ...); repeatable")
+    edge.set_defaults(func=run_edge)
     lat = benches.add_parser("ames-latency", help="ms to re-score one query's top-100 (L_q = L_x = 64) per AMES "
                                                   "scorer kind (fp32, batched, int8, bf16); synthetic, < 1 min")
     lat.add_argument("--kinds", default=None, help="comma-separated scorer kinds (default: fp32,batched,int8 on "
@@ -96,6 +107,19 @@ def _run_trained_bench(args: argparse.Namespace, config_type: Any, run: Callable
     failed = sum(not r.ok for r in result["rows"])
     print(f"runtime: {result['runtime_s']:.1f} s ({tier} tier, {len(result['rows'])} rows, {failed} failed)")
     print("report: " + ", ".join(str(result["paths"][key]) for key in ("markdown", "json", *figures)))
+    return 0
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.edge_bench import EdgeBenchConfig, run_edge_bench
+    from asymfuse.cloud.cli.options import parse_options
+
+    cfg = EdgeBenchConfig.preset("quick" if args.quick else "default", models=args.models)
+    cfg = cfg.with_overrides(parse_options(args.overrides))
+    out = args.out or ("runs/bench/edge-quick" if args.quick else "runs/bench/edge")
+    result = run_edge_bench(cfg, out_dir=out)
+    print(result["markdown"])
+    print(f"report: {result['paths']['markdown']}, {result['paths']['json']}")
     return 0
 
 

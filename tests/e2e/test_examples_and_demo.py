@@ -11,8 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_EXAMPLES = {"export_query_net.py"}  # real conversions + the parity gate: minutes on 2 cores
+SERVER_EXAMPLES = {"edge_query.py"}  # needs a model and a running searcher: tests/e2e/test_edge_flow.py
 EXAMPLES = [pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.name in SLOW_EXAMPLES else [])
-            for p in sorted((ROOT / "examples").glob("*.py"))]
+            for p in sorted((ROOT / "examples").glob("*.py")) if p.name not in SERVER_EXAMPLES]
 
 
 @pytest.mark.parametrize("script", EXAMPLES)
