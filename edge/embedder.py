@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 
 from asymfuse.edge.errors import ClosedError, ConfigError, IncompatibleModelError, ShapeError
-from asymfuse.edge.image_input import ImageInput, to_rgb_uint8
+from asymfuse.edge.image_input import ImageInput, to_model_input
 from asymfuse.edge.options import ImageEmbedderOptions
-from asymfuse.edge.preprocess import normalize_pixels, resize_to_spec
 from asymfuse.edge.results import EmbeddingResult
 from asymfuse.edge.runtimes import Runner, load_runner
 from asymfuse.edge.spec import ModelSpec
@@ -202,8 +201,7 @@ class ImageEmbedder:
 
     def _preprocess(self, image: ImageInput) -> np.ndarray:
         """One image -> ``(3, H, W)`` float32 normalised per the ModelSpec."""
-        rgb = to_rgb_uint8(image, color_order=self._options.color_order)
-        return normalize_pixels(resize_to_spec(rgb, self._model_spec), self._model_spec)
+        return to_model_input(image, self._model_spec, color_order=self._options.color_order)
 
     @staticmethod
     def _as_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from asymfuse.edge.errors import ConfigError, ShapeError
-from asymfuse.edge.preprocess import load_image
+from asymfuse.edge.preprocess import load_image, normalize_pixels, resize_to_spec
+from asymfuse.edge.spec import ModelSpec
 
 COLOR_ORDERS: tuple[str, ...] = ("RGB", "BGR")
 
@@ -51,6 +52,21 @@ def to_rgb_uint8(image: Any, *, color_order: str = "RGB") -> np.ndarray:
         return _from_array(image, color_order)
     raise ConfigError(f"cannot embed a {type(image).__name__}; pass a uint8 (H, W, 3) NumPy array, a PIL image "
                       "or an image file path")
+
+
+def to_model_input(image: Any, model_spec: ModelSpec, *, color_order: str = "RGB") -> np.ndarray:
+    """One image -> the model's input row: :func:`to_rgb_uint8`, then the reference preprocessing
+    (:func:`~asymfuse.edge.preprocess.resize_to_spec` and :func:`~asymfuse.edge.preprocess.normalize_pixels`,
+    the functions the training side uses).
+
+    Returns:
+        ``(3, H, W)`` float32 NCHW row, (H, W) = ``model_spec.input_size``, ``(x / 255 - mean) / std``.
+
+    Raises:
+        ShapeError, CorruptDataError, ConfigError: as :func:`to_rgb_uint8`.
+    """
+    rgb = to_rgb_uint8(image, color_order=color_order)
+    return normalize_pixels(resize_to_spec(rgb, model_spec), model_spec)
 
 
 def _from_array(arr: np.ndarray, color_order: str) -> np.ndarray:

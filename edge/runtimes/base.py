@@ -107,7 +107,7 @@ def check_nchw(x: np.ndarray, model_spec: ModelSpec, *, name: str) -> np.ndarray
     arr = np.asarray(x)
     h, w = model_spec.input_size
     if arr.ndim != 4 or arr.shape[1:] != (3, h, w) or arr.shape[0] == 0:
-        raise ShapeError(f"{name} expects (B, 3, {h}, {w}) float32 NCHW with B >= 1, got shape {arr.shape}; "
+        raise ShapeError(f"{name} expects (B, 3, {h}, {w}) NCHW float32 with B >= 1, got shape {arr.shape}; "
                          "preprocess with asymfuse.edge.preprocess.preprocess(images, runner.model_spec)")
     return np.ascontiguousarray(arr, dtype=np.float32)
 

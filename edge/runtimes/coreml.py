@@ -90,7 +90,7 @@ class CoreMLRunner(Handle):
             raise ConfigError(f"Core ML prediction needs macOS (the Core ML framework); this is {sys.platform}. "
                               "Run the .onnx or .tflite export of the same model here, or use macOS")
         ct = _coremltools()
-        self.model_spec = read_spec(self.path)
+        self.model_spec: ModelSpec = read_spec(self.path)
         self._native = load_package(self.path, compute_units=ct.ComputeUnit.CPU_ONLY)
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 from asymfuse.edge.errors import ConfigError, CorruptDataError, MissingDependencyError, ShapeError
 from asymfuse.edge.runtimes.base import Handle, check_io, check_nchw, check_num_threads
 from asymfuse.edge.runtimes.tflite_file import read_spec
+from asymfuse.edge.spec import ModelSpec
 
 RUNTIME = "litert"
 PACKAGES: dict[str, str] = {"ai_edge_litert": "ai_edge_litert.interpreter",
@@ -94,7 +95,7 @@ class TFLiteRunner(Handle):
         """
         self.path = Path(path)
         self.num_threads = check_num_threads(num_threads)
-        self.model_spec = read_spec(self.path)
+        self.model_spec: ModelSpec = read_spec(self.path)
         self.package, interp = _interpreter(self.path, self.num_threads, package)
         self._in, self._out = interp.get_input_details()[0], interp.get_output_details()[0]
         shape = tuple(int(v) for v in self._in["shape"])
@@ -133,23 +134,30 @@ class TFLiteRunner(Handle):
         interp = self._open()
         outs = []
         for row in arr:
-            interp.set_tensor(self._in["index"], self._quantize(row[None]))
+            interp.set_tensor(self._in["index"], quantize_input(row[None], self._in))
             interp.invoke()
-            outs.append(self._dequantize(interp.get_tensor(self._out["index"])))
+            outs.append(dequantize_output(interp.get_tensor(self._out["index"]), self._out))
         return np.concatenate(outs).astype(np.float32, copy=False)
 
-    def _quantize(self, x: np.ndarray) -> np.ndarray:
-        if self.input_dtype == np.float32:
-            return np.ascontiguousarray(x, dtype=np.float32)
-        scale, zero = self._in["quantization"]
-        info = np.iinfo(self.input_dtype)
-        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.input_dtype)
 
-    def _dequantize(self, y: np.ndarray) -> np.ndarray:
-        if y.dtype == np.float32:
-            return y.copy()
-        scale, zero = self._out["quantization"]
-        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """A float32 input row for the tensor described by ``detail`` (an interpreter's input details):
+    unchanged for a float32 tensor, else ``clip(round(x / scale) + zero_point)`` in its integer dtype."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def dequantize_output(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """A float32 copy of an output tensor: ``(y - zero_point) * scale`` when it is an integer one."""
+    if y.dtype == np.float32:
+        return y.copy()
+    scale, zero = detail["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 def load_runner(path: str | os.PathLike[str], *, num_threads: int | None = None,

@@ -83,7 +83,7 @@ class OnnxRunner(Handle):
         self.num_threads = check_num_threads(num_threads)
         session = _session(self.path, self.num_threads)
         meta = dict(session.get_modelmeta().custom_metadata_map)
-        self.model_spec = spec_from_text(meta.get(SPEC_KEY), self.path, where="metadata_props")
+        self.model_spec: ModelSpec = spec_from_text(meta.get(SPEC_KEY), self.path, where="metadata_props")
         inp, out = session.get_inputs()[0], session.get_outputs()[0]
         self.input_name, self.output_name = inp.name, out.name
         self.input_shape = tuple(inp.shape)
