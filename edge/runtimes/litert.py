@@ -63,8 +63,11 @@ def _interpreter(path: Path, num_threads: int | None, package: str) -> tuple[str
         interp = cls(model_path=str(path), num_threads=num_threads)
         interp.allocate_tensors()
     except (SystemError, ImportError) as exc:  # a binary built for another NumPy fails here, not at import
+        root: BaseException = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__  # type: ignore[assignment]
         raise MissingDependencyError(
-            f"{name} cannot run with numpy {np.__version__} ({type(exc).__name__}: {exc}); it was built for "
+            f"{name} cannot run with numpy {np.__version__} ({type(root).__name__}: {root}); it was built for "
             "another NumPy. Install ai-edge-litert (pip install 'asymfuse[edge]') or, for tflite_runtime, "
             "numpy<2") from exc
     except (ValueError, RuntimeError) as exc:
