@@ -34,6 +34,10 @@ class MissingDependencyError(AsymfuseError, ImportError):
     """An optional dependency is missing; the message names the pip extra to install."""
 
 
+class ClosedError(AsymfuseError, RuntimeError):
+    """A handle (runner, embedder) was used after ``close()`` (maps to FAILED_PRECONDITION); create a new one."""
+
+
 def unknown_name(kind: str, name: str, known: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the standard error for an unknown registry name.
 

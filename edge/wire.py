@@ -15,7 +15,7 @@ import numpy as np
 
 from asymfuse.edge.errors import ShapeError
 
-_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f4"), 2: np.dtype("<f2")}
+_DTYPES: dict[int, np.dtype] = {0: np.dtype("<f4"), 1: np.dtype("<f4"), 2: np.dtype("<f2")}
 MAX_LOCALS = 4096  # local descriptors per query
 
 

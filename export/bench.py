@@ -1,7 +1,8 @@
 """Batch-1 latency of exported artifacts and of the torch model they came from.
 
 :func:`time_runner` times anything that maps a ``(B, 3, H, W)`` float32 NCHW batch to vectors:
-a runner of :data:`asymfuse.export.registry.RUNNERS` (its ``.run``), a torch module (eager, under
+an edge runtime runner (:mod:`asymfuse.edge.runtimes`, e.g. from
+:data:`asymfuse.export.registry.RUNNERS`; its ``.run``, the code the phone runs), a torch module (eager, under
 ``torch.inference_mode``) or a plain callable. Thread control belongs to the caller's choice of
 target: artifacts get their thread count when their runner is created (make one runner per
 count, see :func:`time_threads`); torch eager modules run under ``torch.set_num_threads(n)`` when
@@ -73,7 +74,8 @@ def time_threads(make_target: Callable[[int], Any], x: np.ndarray, *, threads: S
     """:func:`time_runner` once per thread count, with a fresh target for each.
 
     Args:
-        make_target: ``n -> target``; for artifacts e.g. ``lambda n: load_runner(path, n)``, for
+        make_target: ``n -> target``; for artifacts e.g.
+            ``lambda n: asymfuse.edge.runtimes.load_runner(path, num_threads=n)``, for
             torch ``lambda n: model`` together with ``torch_threads=True``.
         threads: thread counts, each >= 1.
         torch_threads: also set ``torch.set_num_threads(n)`` while timing (torch eager targets).
@@ -95,7 +97,7 @@ def _as_call(target: Any, x: np.ndarray, *, num_threads: int | None) -> tuple[Ca
     if callable(run) and not _is_torch_module(target):
         if num_threads is not None:
             raise ConfigError("num_threads applies to torch modules only; create the runner with its thread "
-                              "count instead (e.g. load_runner(path, num_threads))")
+                              "count instead (e.g. load_runner(path, num_threads=n))")
         return (lambda: run(x)), _nothing
     if _is_torch_module(target):
         import torch

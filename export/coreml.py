@@ -1,5 +1,6 @@
-"""Core ML export (coremltools ``mlprogram``), a structural check that runs everywhere, and a
-prediction runner for macOS only.
+"""Core ML export (coremltools ``mlprogram``) and a structural check that runs everywhere. The
+ModelSpec reader and the prediction runner (macOS only) are the edge SDK's
+(:mod:`asymfuse.edge.runtimes.coreml`), which the parity gate uses too.
 
 The ``.mlpackage`` (a folder) has:
 
@@ -23,7 +24,6 @@ package back (``skip_model_load=True``) and checks its op types and I/O, and the
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,14 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
+from asymfuse.edge.errors import ConfigError, CorruptDataError
+from asymfuse.edge.runtimes.coreml import INPUT_NAME, OUTPUT_NAME, load_package, read_spec
 from asymfuse.edge.spec import SPEC_KEY, ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
 from asymfuse.export.spec import ExportSpec, artifact_name
 
+__all__ = ["EXPORT_KEY", "INPUT_NAME", "OUTPUT_NAME", "check_mil", "export_coreml", "image_scale_bias"]
+
 EXPORT_KEY = "asymfuse.export"
-INPUT_NAME = "image"
-OUTPUT_NAME = "embedding"
 QUANTIZED_WEIGHT_OPS = ("constexpr_affine_dequantize", "constexpr_blockwise_shift_scale")
 """MIL ops that hold int8 weights (iOS16 / iOS18 opsets)."""
 
@@ -129,30 +130,6 @@ def export_coreml(model: Any, *, model_spec: ModelSpec, export: ExportSpec, out:
     return art.with_status("unverified", parity={"convert_s": round(seconds, 2)})
 
 
-def _load(path: str | Path) -> Any:
-    import coremltools as ct
-
-    p = Path(path)
-    if not p.is_dir():
-        raise CorruptDataError(f"{p} is not an .mlpackage folder; export it first")
-    try:
-        return ct.models.MLModel(str(p), skip_model_load=True)
-    except Exception as exc:  # coremltools raises plain Exceptions for broken packages
-        raise CorruptDataError(f"{p} does not load as a Core ML package: {exc}; re-export it") from exc
-
-
-def read_spec(path: str | Path) -> ModelSpec:
-    """The ModelSpec in ``user_defined_metadata["asymfuse.model_spec"]``.
-
-    Raises:
-        CorruptDataError: not a package, or no embedded ModelSpec.
-    """
-    meta = dict(_load(path).user_defined_metadata)
-    if SPEC_KEY not in meta:
-        raise CorruptDataError(f"{path} carries no {SPEC_KEY!r} metadata; re-export it with asymfuse export")
-    return ModelSpec.from_json(meta[SPEC_KEY])
-
-
 def _feature(desc: Any) -> dict[str, Any]:
     kind = desc.type.WhichOneof("Type")
     if kind == "imageType":
@@ -180,7 +157,7 @@ def check_mil(path: str | Path) -> dict[str, Any]:
     """
     import json
 
-    mlmodel = _load(path)
+    mlmodel = load_package(path, skip_model_load=True)
     spec = read_spec(path)
     pb = mlmodel.get_spec()
     if pb.WhichOneof("Type") != "mlProgram":
@@ -205,63 +182,3 @@ def check_mil(path: str | Path) -> dict[str, Any]:
         raise CorruptDataError(f"{path} has no conv/linear ops; the program is empty or broken")
     return {"ops": dict(sorted(ops.items())), "inputs": inputs, "outputs": outputs, "precision": precision,
             "quantized_weight_ops": n_quant}
-
-
-class CoreMLRunner:
-    """Core ML prediction (macOS only): NCHW normalised float32 in, ``(B, D)`` float32 out.
-
-    The package's input is an image, so rows are mapped back to 0..255 RGB pixels with the
-    ModelSpec (``p = round(255 * (x * std + mean))``) and passed as PIL images.
-    """
-
-    dynamic_batch = False
-
-    def __init__(self, path: str | Path, *, num_threads: int | None = None) -> None:
-        import coremltools as ct
-
-        if sys.platform != "darwin":
-            raise ConfigError("Core ML prediction needs macOS; on other systems use check_mil(path)")
-        self.path: Path = Path(path)
-        self.spec: ModelSpec = read_spec(self.path)
-        self._model: Any = ct.models.MLModel(str(self.path), compute_units=ct.ComputeUnit.CPU_ONLY)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """``(B, 3, H, W)`` float32 NCHW preprocessed -> ``(B, D)`` float32.
-
-        Raises:
-            ShapeError: wrong shape. ConfigError: closed.
-        """
-        from PIL import Image
-
-        arr = np.asarray(x, dtype=np.float32)
-        h, w = self.spec.input_size
-        if arr.ndim != 4 or arr.shape[1:] != (3, h, w):
-            raise ShapeError(f"CoreMLRunner.run needs (B, 3, {h}, {w}) NCHW float32, got {arr.shape}")
-        if self._model is None:
-            raise ConfigError(f"CoreMLRunner for {self.path.name} is closed; create a new one")
-        mean = np.asarray(self.spec.mean, np.float32).reshape(3, 1, 1)
-        std = np.asarray(self.spec.std, np.float32).reshape(3, 1, 1)
-        outs = []
-        for row in arr:
-            pixels = np.clip(np.round(255.0 * (row * std + mean)), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-            pred = self._model.predict({INPUT_NAME: Image.fromarray(pixels, mode="RGB")})
-            outs.append(np.asarray(pred[OUTPUT_NAME], dtype=np.float32).reshape(1, -1))
-        return np.concatenate(outs)
-
-    def close(self) -> None:
-        self._model = None
-
-    def __enter__(self) -> CoreMLRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def load_runner(path: str | Path, num_threads: int | None = None) -> CoreMLRunner:
-    """:class:`CoreMLRunner` (macOS only).
-
-    Raises:
-        ConfigError: not on macOS.
-    """
-    return CoreMLRunner(path, num_threads=num_threads)

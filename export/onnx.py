@@ -21,10 +21,12 @@ Pipeline (all intermediate files in a private temp folder, the final file writte
 
    Both int8 paths live in :mod:`asymfuse.export.onnx_int8`.
 4. ModelSpec JSON in ``metadata_props["asymfuse.model_spec"]`` and the ExportSpec JSON in
-   ``metadata_props["asymfuse.export"]``; read back with :func:`read_spec`.
+   ``metadata_props["asymfuse.export"]``; read back with :func:`asymfuse.edge.runtimes.ort.read_spec`
+   and :func:`read_export_spec`.
 
-torch is imported only by :func:`export_onnx`; :func:`read_spec` needs ``onnx`` and
-:func:`load_runner` needs only ``onnxruntime``.
+torch is imported only by :func:`export_onnx`; :func:`read_metadata` needs ``onnx``. Reading the
+ModelSpec back and running the file is the edge SDK's job (:mod:`asymfuse.edge.runtimes.ort`,
+onnxruntime only), which the parity gate uses too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError, missing_dependency
+from asymfuse.edge.errors import ConfigError, CorruptDataError, missing_dependency
 from asymfuse.edge.spec import SPEC_KEY, ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
 from asymfuse.export.onnx_graph import INPUT_NAME, head_nodes, import_onnx, import_ort, name_nodes
@@ -201,25 +203,7 @@ def _set_metadata(proto: Any, model_spec: ModelSpec, export: ExportSpec, quant_i
                         f"'{OUTPUT_NAME}' (B, {model_spec.embed_dim}) float32")
 
 
-# ---- reading back ----------------------------------------------------------------------------
-def _spec_from_props(props: dict[str, str], path: Path) -> ModelSpec:
-    if SPEC_KEY not in props:
-        raise CorruptDataError(f"{path} carries no ModelSpec (metadata '{SPEC_KEY}'); re-export it with asymfuse")
-    try:
-        return ModelSpec.from_json(props[SPEC_KEY])
-    except ConfigError as exc:
-        raise CorruptDataError(f"{path}: metadata '{SPEC_KEY}' is invalid ({exc}); re-export it") from exc
-
-
-def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
-    """The :class:`ModelSpec` stored in an ONNX file's ``metadata_props``.
-
-    Raises:
-        CorruptDataError: the file is missing, unreadable or has no ModelSpec.
-    """
-    return _spec_from_props(read_metadata(path), Path(path))
-
-
+# ---- reading back (export-only keys; the ModelSpec and the runner live in asymfuse.edge.runtimes.ort) ----
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """All ``metadata_props`` of an ONNX file (weights are not loaded)."""
     onnx = import_onnx()
@@ -239,63 +223,3 @@ def read_export_spec(path: str | os.PathLike[str]) -> ExportSpec:
     if EXPORT_KEY not in props:
         raise CorruptDataError(f"{path} carries no '{EXPORT_KEY}' metadata; re-export it with asymfuse")
     return ExportSpec.from_dict(json.loads(props[EXPORT_KEY]))
-
-
-class OnnxRunner:
-    """Runs an ONNX artifact with onnxruntime (CPU).
-
-    ``run``: ``(B, 3, S, S)`` float32 NCHW preprocessed -> ``(B, D)`` float32.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], num_threads: int | None = None) -> None:
-        ort = import_ort()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise CorruptDataError(f"ONNX file {self.path} does not exist; check the path")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ConfigError(f"num_threads must be a positive int or None, got {num_threads!r}")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if num_threads is not None:
-            opts.intra_op_num_threads = num_threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
-            raise CorruptDataError(f"onnxruntime cannot load {self.path} ({exc}); re-export it") from exc
-        self.num_threads = num_threads
-        self.spec = _spec_from_props(dict(self.session.get_modelmeta().custom_metadata_map), self.path)
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.input_shape = tuple(inp.shape)
-        self.output_name = self.session.get_outputs()[0].name
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return not isinstance(self.input_shape[0], int)
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """``(B, 3, S, S)`` float32 -> ``(B, D)`` float32.
-
-        Raises:
-            ShapeError: wrong shape, or a batch other than the file's fixed batch.
-        """
-        arr = np.asarray(x)
-        h, w = self.spec.input_size
-        if arr.ndim != 4 or arr.shape[1:] != (3, h, w):
-            raise ShapeError(f"{self.path.name} expects (B, 3, {h}, {w}) float32 NCHW, got shape {arr.shape}; "
-                             "preprocess with asymfuse.edge.preprocess.preprocess(images, runner.spec)")
-        if not self.dynamic_batch and arr.shape[0] != self.input_shape[0]:
-            raise ShapeError(f"{self.path.name} has a fixed batch of {self.input_shape[0]}, got {arr.shape[0]}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        return np.asarray(self.session.run([self.output_name], {self.input_name: arr})[0], dtype=np.float32)
-
-    __call__ = run
-
-
-def load_runner(path: str | os.PathLike[str], num_threads: int | None = None) -> OnnxRunner:
-    """An :class:`OnnxRunner` for ``path`` with ``num_threads`` intra-op threads (None: onnxruntime default)."""
-    return OnnxRunner(path, num_threads)
-

@@ -1,5 +1,9 @@
 """The export tables: format -> exporter, format -> runtime runner, and reading a ModelSpec back.
 
+Runners and ModelSpec readers are the edge SDK's (:mod:`asymfuse.edge.runtimes`): the file the
+gate passes is run by the same code the phone runs. This module maps export formats onto edge
+runtime names (:data:`FORMAT_RUNTIMES`).
+
 Format modules are imported only when used, so ``import asymfuse.export.registry`` stays light
 and a missing toolchain fails with the pip extra to install, not a bare ImportError.
 
@@ -11,8 +15,8 @@ with ``model`` an eval-mode torch module mapping ``(B, 3, H, W)`` NCHW normalise
 ``(B, D)``, ``export`` an :class:`~asymfuse.export.spec.ExportSpec`, ``out`` the output folder and
 ``calibration`` ``(N, 3, H, W)`` float32 preprocessed real images (or None when not needed).
 
-A runner (``RUNNERS[fmt](path, num_threads)``) has ``.run(x: (B, 3, H, W) float32 NCHW) -> (B, D)
-float32`` and ``.spec -> ModelSpec``.
+A runner (``RUNNERS[fmt](path, num_threads)``) is an :class:`asymfuse.edge.runtimes.Runner`:
+``.run(x: (B, 3, H, W) float32 NCHW) -> (B, D) float32``, ``.model_spec``, ``.close()``.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from asymfuse.edge import runtimes
 from asymfuse.edge.errors import ConfigError, missing_dependency, unknown_name
+from asymfuse.edge.runtimes import Runner
 from asymfuse.edge.spec import ModelSpec
 from asymfuse.export.artifact import Artifact
 from asymfuse.export.spec import EXTENSIONS, FORMATS
@@ -42,16 +48,6 @@ _TOOLCHAIN_MODULES = {
     "tflite": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer", "tensorflow", "flatbuffers", "torch", "torchao"),
     "coreml": ("coremltools", "torch"),
 }
-
-
-class Runner(Protocol):
-    """Runs an exported artifact with its real runtime."""
-
-    spec: ModelSpec
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """``(B, 3, H, W)`` float32 NCHW preprocessed -> ``(B, D)`` float32."""
-        ...
 
 
 def _format_module(fmt: str) -> ModuleType:
@@ -95,9 +91,13 @@ def _exporter(fmt: str) -> ExportFn:
     return export
 
 
+FORMAT_RUNTIMES: dict[str, str] = {"onnx": "onnxruntime", "tflite": "litert", "coreml": "coreml"}
+"""Export format -> the edge runtime that runs (and reads the ModelSpec of) its files."""
+
+
 def _runner(fmt: str) -> Callable[..., Runner]:
     def load(path: Path, num_threads: int | None = None) -> Runner:
-        return _call(fmt, "load_runner", Path(path), num_threads)
+        return runtimes.create_runner(FORMAT_RUNTIMES[fmt], Path(path), num_threads=num_threads)
 
     load.__name__ = f"load_{fmt}_runner"
     return load
@@ -105,7 +105,7 @@ def _runner(fmt: str) -> Callable[..., Runner]:
 
 EXPORTERS: dict[str, ExportFn] = {fmt: _exporter(fmt) for fmt in FORMATS}
 RUNNERS: dict[str, Callable[..., Runner]] = {fmt: _runner(fmt) for fmt in ("onnx", "tflite")}
-"""Formats whose artifacts can be run on this OS (Core ML predicts on macOS only)."""
+"""Formats whose artifacts can be run on every OS (Core ML predicts on macOS only)."""
 
 
 def create_exporter(format: str) -> ExportFn:  # noqa: A002
@@ -153,4 +153,4 @@ def read_model_spec(path: str | Path) -> ModelSpec:
         CorruptDataError: the artifact carries no ModelSpec.
     """
     fmt = format_of(path)
-    return _call(fmt, "read_spec", Path(path))
+    return runtimes.read_model_spec(Path(path), runtime=FORMAT_RUNTIMES[fmt])

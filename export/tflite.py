@@ -1,4 +1,6 @@
-"""TFLite export (litert-torch) and its runner (ai-edge-litert).
+"""TFLite export (litert-torch). The runner and the ModelSpec reader are the edge SDK's
+(:mod:`asymfuse.edge.runtimes.litert`, :mod:`asymfuse.edge.runtimes.tflite_file`), which the parity
+gate uses too.
 
 File layout (what the edge SDK reads):
 
@@ -9,10 +11,10 @@ File layout (what the edge SDK reads):
 - Output: ``(1, D)`` float32 embedding (unit-norm when ``spec.l2_normalized``).
 - Full int8 input type follows ``ExportSpec.int8_io``: ``"float"`` (a QUANTIZE op is the first op,
   so callers pass float32), ``"int8"`` or ``"uint8"`` (callers quantize with the input tensor's
-  ``(scale, zero_point)``: ``q = round(x / scale) + zero_point``; :class:`TFLiteRunner` does it).
+  ``(scale, zero_point)``: ``q = round(x / scale) + zero_point``; the edge ``TFLiteRunner`` does it).
 - ModelSpec, twice: a TFLite **metadata** entry named ``"asymfuse.model_spec"`` whose buffer holds
   the UTF-8 :meth:`ModelSpec.to_json`, and a sidecar ``<file>.json`` (e.g. ``x.tflite.json``)
-  ``{"model_spec": {...}, "export": {...}, "layout": "NHWC"|"NCHW"}``. :func:`read_spec` prefers the
+  ``{"model_spec": {...}, "export": {...}, "layout": "NHWC"|"NCHW"}``. The edge ``read_spec`` prefers the
   embedded entry and falls back to the sidecar. The export settings are also embedded, as
   ``"asymfuse.export"``.
 
@@ -47,19 +49,19 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
+from asymfuse.edge.errors import ConfigError
 from asymfuse.edge.fileio import atomic_write_text
+from asymfuse.edge.runtimes.tflite_file import sidecar_path
 from asymfuse.edge.spec import SPEC_KEY, ModelSpec
 from asymfuse.export.artifact import Artifact, atomic_artifact, make_artifact
 from asymfuse.export.quantize import QUANT_KEY, check_calibration
 from asymfuse.export.spec import ExportSpec, artifact_name
-from asymfuse.export.tflite_flatbuffer import embed_metadata, read_metadata, set_input_type
+from asymfuse.export.tflite_flatbuffer import embed_metadata, set_input_type
 from asymfuse.export.tflite_int8 import FLOAT_PREFIX_STEPS, INT8_SELF_CHECK, _convert_int8
 
-__all__ = ["FLOAT_PREFIX_STEPS", "INT8_SELF_CHECK", "QUANT_KEY", "embed_metadata", "read_metadata", "set_input_type"]
+__all__ = ["FLOAT_PREFIX_STEPS", "INT8_SELF_CHECK", "QUANT_KEY", "embed_metadata", "set_input_type", "sidecar_path"]
 
 EXPORT_KEY = "asymfuse.export"
-SIDECAR_SUFFIX = ".json"
 
 
 # ---- export ------------------------------------------------------------------------------------
@@ -160,122 +162,3 @@ def _quantize_aeq(fp32: bytes, precision: str) -> bytes:
     else:
         raise ConfigError(f"tflite precision {precision!r} is not an ai-edge-quantizer recipe")
     return bytes(qt.quantize().quantized_model)
-
-
-def sidecar_path(path: str | Path) -> Path:
-    """``x.tflite`` -> ``x.tflite.json``."""
-    p = Path(path)
-    return p.with_name(p.name + SIDECAR_SUFFIX)
-
-
-def read_spec(path: str | Path) -> ModelSpec:
-    """The ModelSpec of a ``.tflite``: the embedded metadata entry, else the ``.json`` sidecar.
-
-    Raises:
-        CorruptDataError: the file is missing or carries no ModelSpec (and has no sidecar).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CorruptDataError(f"{p} does not exist; export it first")
-    text = read_metadata(p.read_bytes()).get(SPEC_KEY)
-    if text is not None:
-        return ModelSpec.from_json(text)
-    side = sidecar_path(p)
-    if side.is_file():
-        try:
-            return ModelSpec.from_dict(json.loads(side.read_text("utf-8"))["model_spec"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CorruptDataError(f"sidecar {side} is not a valid asymfuse sidecar: {exc}; re-export") from exc
-    raise CorruptDataError(f"{p} carries no ModelSpec (no {SPEC_KEY!r} metadata and no {side.name}); "
-                           "re-export it with asymfuse export")
-
-
-# ---- runner --------------------------------------------------------------------------------------
-class TFLiteRunner:
-    """Runs a ``.tflite`` with ai-edge-litert's Interpreter (XNNPACK on CPU).
-
-    ``run`` takes NCHW preprocessed images and transposes to NHWC itself when the file is
-    channel-last; ``run_nhwc`` takes ``(B, H, W, 3)`` normalised float32 directly (camera layout).
-    Int8/uint8 inputs are quantized with the input tensor's scale and zero point.
-    """
-
-    dynamic_batch = False
-
-    def __init__(self, path: str | Path, *, num_threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = Path(path)
-        self.spec = read_spec(self.path)
-        self._interp: Any = Interpreter(model_path=str(self.path), num_threads=num_threads)
-        self._interp.allocate_tensors()
-        self._in = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
-        shape = tuple(int(v) for v in self._in["shape"])
-        self.layout = "NHWC" if shape[-1] == 3 and shape[1] != 3 else "NCHW"
-        self.input_dtype = np.dtype(self._in["dtype"])
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """``(B, 3, H, W)`` float32 NCHW preprocessed -> ``(B, D)`` float32.
-
-        Raises:
-            ShapeError: wrong shape. ConfigError: the runner is closed.
-        """
-        arr = np.asarray(x, dtype=np.float32)
-        h, w = self.spec.input_size
-        if arr.ndim != 4 or arr.shape[1:] != (3, h, w):
-            raise ShapeError(f"TFLiteRunner.run needs (B, 3, {h}, {w}) NCHW float32, got {arr.shape}")
-        return self.run_nhwc(arr.transpose(0, 2, 3, 1)) if self.layout == "NHWC" else self._run_rows(arr)
-
-    def run_nhwc(self, x: np.ndarray) -> np.ndarray:
-        """``(B, H, W, 3)`` float32 normalised (camera layout) -> ``(B, D)`` float32.
-
-        Raises:
-            ShapeError: wrong shape. ConfigError: the runner is closed.
-        """
-        arr = np.asarray(x, dtype=np.float32)
-        h, w = self.spec.input_size
-        if arr.ndim != 4 or arr.shape[1:] != (h, w, 3):
-            raise ShapeError(f"TFLiteRunner.run_nhwc needs (B, {h}, {w}, 3) float32, got {arr.shape}")
-        return self._run_rows(arr if self.layout == "NHWC" else arr.transpose(0, 3, 1, 2))
-
-    def _run_rows(self, arr: np.ndarray) -> np.ndarray:
-        if self._interp is None:
-            raise ConfigError(f"TFLiteRunner for {self.path.name} is closed; create a new one")
-        outs = []
-        for row in arr:
-            self._interp.set_tensor(self._in["index"], self._quantize(row[None]))
-            self._interp.invoke()
-            outs.append(self._dequantize(self._interp.get_tensor(self._out["index"])))
-        return np.concatenate(outs).astype(np.float32, copy=False)
-
-    def _quantize(self, x: np.ndarray) -> np.ndarray:
-        if self.input_dtype == np.float32:
-            return np.ascontiguousarray(x)
-        scale, zero = self._in["quantization"]
-        info = np.iinfo(self.input_dtype)
-        return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.input_dtype)
-
-    def _dequantize(self, y: np.ndarray) -> np.ndarray:
-        if y.dtype == np.float32:
-            return y.copy()
-        scale, zero = self._out["quantization"]
-        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
-
-    def close(self) -> None:
-        """Release the interpreter; later calls raise ConfigError."""
-        self._interp = None
-
-    def __enter__(self) -> TFLiteRunner:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def load_runner(path: str | Path, num_threads: int | None = None) -> TFLiteRunner:
-    """:class:`TFLiteRunner` for ``path`` (``num_threads``: None = the runtime's default).
-
-    Raises:
-        CorruptDataError: the file is missing or carries no ModelSpec.
-    """
-    return TFLiteRunner(path, num_threads=num_threads)

@@ -1,14 +1,14 @@
 """Edits of a TFLite flatbuffer: the model input type and named metadata buffers
-(``ai_edge_litert`` schema + ``flatbuffer_utils``)."""
+(``ai_edge_litert`` schema + ``flatbuffer_utils``). Reading the metadata back is the edge SDK's
+torch- and TFLite-free :func:`asymfuse.edge.runtimes.tflite_file.read_metadata`."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 
-from asymfuse.edge.errors import ConfigError, CorruptDataError
+from asymfuse.edge.errors import ConfigError
 
 def set_input_type(content: bytes, int8_io: str) -> bytes:
     """Give a full-int8 model (int8 input) a ``float`` or ``uint8`` input by prepending a QUANTIZE op.
@@ -88,26 +88,3 @@ def embed_metadata(content: bytes, entries: dict[str, str]) -> bytes:
 
 def _name(value: str | bytes | None) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else (value or "")
-
-
-def read_metadata(content: bytes) -> dict[str, str]:
-    """All metadata entries of a flatbuffer as text (entries that are not UTF-8 are skipped).
-
-    Raises:
-        CorruptDataError: the bytes are not a TFLite model.
-    """
-    from ai_edge_litert import schema_py_generated as fb
-
-    buf = bytearray(content)
-    if len(buf) < 8 or bytes(buf[4:8]) != b"TFL3":
-        raise CorruptDataError("not a TFLite flatbuffer (no TFL3 identifier); re-export the model")
-    model = fb.Model.GetRootAs(buf, 0)
-    out: dict[str, str] = {}
-    for i in range(model.MetadataLength()):
-        meta = model.Metadata(i)
-        data = model.Buffers(meta.Buffer())
-        if data is None or data.DataLength() == 0:
-            continue
-        with contextlib.suppress(UnicodeDecodeError):
-            out[_name(meta.Name())] = data.DataAsNumpy().tobytes().decode("utf-8")
-    return out

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from asymfuse.edge.runtimes.litert import dequantize_output, quantize_input
 from asymfuse.export.quantize import FLOAT_PREFIX_STEPS, INT8_SELF_CHECK, search_float_prefix
 from asymfuse.export.tflite_flatbuffer import set_input_type
 
@@ -80,7 +81,8 @@ def _pt2e_int8(module: Any, sample: tuple[Any, ...], calibration: np.ndarray, *,
 
 
 def _run_flatbuffer(content: bytes, images: np.ndarray, *, channel_last: bool) -> np.ndarray:
-    """``(N, 3, H, W)`` -> ``(N, D)`` float32 through the real interpreter (int8 I/O handled)."""
+    """``(N, 3, H, W)`` -> ``(N, D)`` float32 through the real interpreter (int8 I/O quantized as the edge
+    runner does). The bytes carry no ModelSpec yet, so the edge runner itself cannot take them."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_content=content, num_threads=None)
@@ -89,17 +91,9 @@ def _run_flatbuffer(content: bytes, images: np.ndarray, *, channel_last: bool) -
     rows = []
     for row in images:
         x = row.transpose(1, 2, 0)[None] if channel_last else row[None]
-        if np.dtype(inp["dtype"]) != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], np.ascontiguousarray(x))
+        interp.set_tensor(inp["index"], quantize_input(x, inp))
         interp.invoke()
-        y = interp.get_tensor(out["index"])
-        if y.dtype != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        rows.append(np.asarray(y, dtype=np.float32).copy())
+        rows.append(dequantize_output(interp.get_tensor(out["index"]), out))
     return np.concatenate(rows)
 
 

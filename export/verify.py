@@ -1,5 +1,8 @@
 """The parity gate: run each artifact with its real runtime on real images and compare with torch.
 
+The runtime runners are the edge SDK's (:mod:`asymfuse.edge.runtimes`, through
+:data:`asymfuse.export.registry.RUNNERS`), so the gate runs a file exactly as the phone does.
+
 An artifact passes when
 
 - its embedded ModelSpec reads back equal to the one it was exported with,
@@ -23,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from asymfuse.edge.errors import AsymfuseError, ConfigError, ShapeError
+from asymfuse.edge.runtimes import Runner, create_runner
 from asymfuse.export.artifact import Artifact, move_to_failed
 from asymfuse.export.quantize import cosine_rows
-from asymfuse.export.registry import RUNNERS, Runner, _call, read_model_spec
+from asymfuse.export.registry import FORMAT_RUNTIMES, RUNNERS, _call, read_model_spec
 from asymfuse.export.spec import DYNAMIC_BATCH_FORMATS
 
 __all__ = ["MAX_MAP_DROP", "THRESHOLDS", "cosine_rows", "torch_outputs", "verify_artifact"]
@@ -125,9 +129,12 @@ def verify_artifact(artifact: Artifact, *, model: Any, images: np.ndarray,
         return _verify_unrunnable(artifact, model=model, images=x, move_failed=move_failed, num_threads=num_threads)
     try:
         runner = RUNNERS[artifact.format](artifact.path, num_threads)
-        batch = CHUNK if getattr(runner, "dynamic_batch", artifact.format in DYNAMIC_BATCH_FORMATS) else 1
-        out = runner_outputs(runner, x, batch=batch)
-        embedded = runner.spec
+        try:
+            batch = CHUNK if getattr(runner, "dynamic_batch", artifact.format in DYNAMIC_BATCH_FORMATS) else 1
+            out = runner_outputs(runner, x, batch=batch)
+            embedded = runner.model_spec
+        finally:
+            runner.close()
     except AsymfuseError as exc:
         return _fail(artifact, f"the runtime cannot run it: {exc}", {}, move_failed)
     except runtime_errors() as exc:  # what a runtime raises for a file it cannot run; bugs propagate
@@ -186,12 +193,16 @@ def _verify_unrunnable(artifact: Artifact, *, model: Any, images: np.ndarray, mo
         return _fail(artifact, "the embedded ModelSpec differs from the exported one", parity, move_failed)
     if sys.platform == "darwin":
         try:
-            runner = _call(artifact.format, "load_runner", artifact.path, num_threads)
+            runner: Runner | None = create_runner(FORMAT_RUNTIMES[artifact.format], artifact.path,
+                                                  num_threads=num_threads)
         except ConfigError:
             runner = None
         if runner is not None:
-            out = runner_outputs(runner, images, batch=1)
-            judged = _judge(artifact, out=out, ref=torch_outputs(model, images), embedded=runner.spec,
+            try:
+                out = runner_outputs(runner, images, batch=1)
+            finally:
+                runner.close()
+            judged = _judge(artifact, out=out, ref=torch_outputs(model, images), embedded=runner.model_spec,
                             map_fn=None, torch_map=None, move_failed=move_failed)
             return judged.with_status(judged.status, reason=judged.reason, parity={**parity, **judged.parity},
                                       path=judged.path)

@@ -47,21 +47,21 @@ class ThreadProbe(nn.Module):
 
 
 def test_real_onnx_runner_one_fresh_runner_per_thread_count(tmp_path):
-    from asymfuse.export.onnx import load_runner
+    from asymfuse.edge.runtimes.ort import load_runner
 
     spec = tiny_onnx(tmp_path / "tiny.onnx")
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     made = []
 
     def make(n):
-        runner = load_runner(tmp_path / "tiny.onnx", n)
+        runner = load_runner(tmp_path / "tiny.onnx", num_threads=n)
         made.append((n, runner))
         return runner
 
     stats = time_threads(make, x, threads=(1, 2), warmup=2, runs=7)
     assert list(stats) == [1, 2] and [n for n, _ in made] == [1, 2]
     assert [r.session.get_session_options().intra_op_num_threads for _, r in made] == [1, 2]
-    assert made[0][1].spec == spec
+    assert made[0][1].model_spec == spec
     np.testing.assert_allclose(made[0][1].run(x), x.mean(axis=(2, 3)), rtol=1e-5)  # it really ran the model
     for s in stats.values():
         assert 0 < s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] and s["runs"] == 7 and s["warmup"] == 2

@@ -13,6 +13,7 @@ import torch
 
 from asymfuse.edge.errors import ConfigError, CorruptDataError
 from asymfuse.edge.preprocess import preprocess, resize_to_spec
+from asymfuse.edge.runtimes import coreml as edge_coreml
 from asymfuse.export import coreml
 from asymfuse.export.artifact import sha256_of
 from asymfuse.export.registry import create_exporter, read_model_spec
@@ -82,14 +83,14 @@ def test_bad_package_is_reported(tmp_path, coreml_artifacts):
         coreml.check_mil(tmp_path / "missing.mlpackage")
     (tmp_path / "empty.mlpackage").mkdir()
     with pytest.raises(CorruptDataError, match="does not load"):
-        coreml.read_spec(tmp_path / "empty.mlpackage")
+        edge_coreml.read_spec(tmp_path / "empty.mlpackage")
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="Linux/Windows behaviour")
 def test_off_macos_prediction_is_skipped_never_invented(coreml_artifacts, tiny_net, images):
     art = coreml_artifacts["fp16"]
     with pytest.raises(ConfigError, match="needs macOS"):
-        coreml.load_runner(art.path)
+        edge_coreml.load_runner(art.path)
     judged = verify_artifact(art, model=tiny_net, images=images[:4], move_failed=False)
     assert judged.status == "skipped" and MACOS_REASON in judged.reason
     assert "cosine_min" not in judged.parity and judged.parity["mil"]["ops"]["conv"] == 4
@@ -99,7 +100,7 @@ def test_off_macos_prediction_is_skipped_never_invented(coreml_artifacts, tiny_n
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_prediction_parity_on_macos(coreml_artifacts, tiny_net, images, precision):
     art = coreml_artifacts[precision]
-    with coreml.load_runner(art.path) as runner:
+    with edge_coreml.load_runner(art.path) as runner:
         out = runner.run(images[1::2])
     cos = cosine_rows(out, torch_embed(tiny_net, images[1::2]))
     assert cos.min() >= THRESHOLDS[precision], cos.min()

@@ -10,7 +10,8 @@ from torch import nn
 
 from asymfuse.edge.errors import ConfigError, CorruptDataError
 from asymfuse.export.artifact import sha256_of
-from asymfuse.export.onnx import QUANT_KEY, read_export_spec, read_metadata, read_spec
+from asymfuse.edge.runtimes.ort import read_spec
+from asymfuse.export.onnx import QUANT_KEY, read_export_spec, read_metadata
 from asymfuse.export.registry import create_exporter, load_runner, read_model_spec
 from asymfuse.export.spec import ExportSpec
 from asymfuse.export.verify import THRESHOLDS
@@ -62,7 +63,7 @@ def test_model_spec_roundtrips_through_metadata_props(onnx_artifacts, tiny_net):
     for precision, art in onnx_artifacts.items():
         assert read_spec(art.path) == tiny_net.spec
         assert read_model_spec(art.path) == tiny_net.spec
-        assert load_runner(art.path).spec == tiny_net.spec
+        assert load_runner(art.path).model_spec == tiny_net.spec
         exp = read_export_spec(art.path)
         assert (exp.format, exp.precision, exp.input_size, exp.batch) == ("onnx", precision, TINY_SIZE, "dynamic")
     meta = read_metadata(onnx_artifacts["int8"].path)
@@ -133,7 +134,7 @@ def test_real_mobilenet_v2_fp32(mobilenet_net, real_photos, tmp_path):
     ref = torch_embed(mobilenet_net, x)
     assert cosine_rows(out, ref).min() >= 0.9999
     assert np.abs(out - ref).max() < 1e-4
-    assert runner.spec == mobilenet_net.spec and art.path.name == "mobilenet_v2-onnx-fp32-64.onnx"
+    assert runner.model_spec == mobilenet_net.spec and art.path.name == "mobilenet_v2-onnx-fp32-64.onnx"
 
 
 @pytest.mark.slow

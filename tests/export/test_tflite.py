@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
+from asymfuse.edge.errors import ClosedError, ConfigError, CorruptDataError, ShapeError
+from asymfuse.edge.runtimes import tflite_file
 from asymfuse.export import tflite, tflite_flatbuffer, tflite_int8
 from asymfuse.export.artifact import sha256_of
 from asymfuse.export.registry import create_exporter, load_runner, read_model_spec
@@ -71,7 +72,7 @@ def test_input_is_nhwc_so_camera_frames_feed_directly(tflite_artifacts, images):
         np.testing.assert_allclose(runner.run_nhwc(x.transpose(0, 2, 3, 1)), runner.run(x), atol=1e-6)
         with pytest.raises(ShapeError, match=r"\(B, 3, 64, 64\) NCHW"):
             runner.run(x.transpose(0, 2, 3, 1))
-    with pytest.raises(ConfigError, match="closed"):
+    with pytest.raises(ClosedError, match="closed"):
         runner.run(x)
     from ai_edge_litert.interpreter import Interpreter
 
@@ -91,7 +92,7 @@ def test_full_int8_input_types(tflite_artifacts, tiny_net, images, tmp_path, int
     with load_runner(path) as runner:
         assert runner.input_dtype == {"float": np.float32, "uint8": np.uint8}[int8_io]
         out = runner.run(images[1::2])
-        assert runner.spec == tiny_net.spec  # metadata survives the surgery
+        assert runner.model_spec == tiny_net.spec  # metadata survives the surgery
     assert cosine_rows(out, base).min() > 0.9999  # same int8 graph, only the input type changed
     assert cosine_rows(out, torch_embed(tiny_net, images[1::2])).min() >= THRESHOLDS["int8"]
 
@@ -101,8 +102,8 @@ def test_int8_records_its_quantization_choice(tflite_artifacts):
     info = art.parity["quantization"]
     assert info["n_convs"] == 4 and info["calibration_images"] == 24
     assert 0 <= info["float_convs"] < info["n_convs"] and 0.9 < info["calibration_cosine_min"] <= 1.0
-    assert json.loads(tflite.read_metadata(art.path.read_bytes())[tflite.QUANT_KEY]) == info
-    assert tflite.QUANT_KEY not in tflite.read_metadata(tflite_artifacts["fp32"].path.read_bytes())
+    assert json.loads(tflite_file.read_metadata(art.path.read_bytes())[tflite.QUANT_KEY]) == info
+    assert tflite.QUANT_KEY not in tflite_file.read_metadata(tflite_artifacts["fp32"].path.read_bytes())
     assert "quantization" not in tflite_artifacts["fp32"].parity
 
 
@@ -144,7 +145,7 @@ def test_float_prefix_keeps_leading_convs_float_and_input_int8(tiny_net, images)
 def test_model_spec_roundtrip_embedded_and_sidecar(tflite_artifacts, tiny_net, tmp_path):
     art = tflite_artifacts["fp16"]
     assert read_model_spec(art.path) == tiny_net.spec
-    meta = tflite.read_metadata(art.path.read_bytes())
+    meta = tflite_file.read_metadata(art.path.read_bytes())
     assert json.loads(meta[tflite.EXPORT_KEY])["precision"] == "fp16"
     sidecar = json.loads(tflite.sidecar_path(art.path).read_text())
     assert sidecar["layout"] == "NHWC" and sidecar["export"]["format"] == "tflite"
@@ -156,11 +157,11 @@ def test_model_spec_roundtrip_embedded_and_sidecar(tflite_artifacts, tiny_net, t
     bare = tmp_path / "bare.tflite"
     bare.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
     with pytest.raises(CorruptDataError, match="carries no ModelSpec"):
-        tflite.read_spec(bare)
+        tflite_file.read_spec(bare)
     shutil.copy(tflite.sidecar_path(art.path), tflite.sidecar_path(bare))
-    assert tflite.read_spec(bare) == tiny_net.spec
+    assert tflite_file.read_spec(bare) == tiny_net.spec
     with pytest.raises(CorruptDataError, match="not a TFLite flatbuffer"):
-        tflite.read_metadata(b"not a model at all")
+        tflite_file.read_metadata(b"not a model at all")
 
 
 def test_bad_requests_fail_before_converting(tiny_net, images, tmp_path):

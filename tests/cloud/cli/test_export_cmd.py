@@ -63,7 +63,7 @@ def test_onnx_fp32_export_is_gated_and_listed_in_the_manifest(setup, capsys):
     from asymfuse.export.registry import load_runner
 
     runner = load_runner(out / entry["file"])
-    x = preprocess([data.chelsea()], runner.spec)
+    x = preprocess([data.chelsea()], runner.model_spec)
     with torch.inference_mode():
         want = setup["net"].eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(runner.run(x), want, atol=1e-4)
