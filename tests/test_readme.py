@@ -24,13 +24,13 @@ def import_lines() -> list[str]:
             if re.match(r"\s*(from asymfuse[\w.]* import |import asymfuse)", line)]
 
 
-def command_lines() -> list[list[str]]:
-    """Each ``asymfuse ...`` invocation of the bash blocks, continuation lines joined, comments cut."""
+def command_lines(script: str = "asymfuse") -> list[list[str]]:
+    """Each ``<script> ...`` invocation of the bash blocks, continuation lines joined, comments cut."""
     found = []
     for block in blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
-            for match in re.finditer(r"(?:^|[\s;&(])(?:\S*/)?asymfuse\)?\s+(.*?)(?=$|&&|;)", line):
+            for match in re.finditer(rf"(?:^|[\s;&(])(?:\S*/)?{re.escape(script)}\)?\s+(.*?)(?=$|&&|;)", line):
                 words = shlex.split(match.group(1))
                 if words and not words[0].startswith("-"):
                     found.append(words)
@@ -79,13 +79,17 @@ def test_every_dotted_name_in_the_readme_resolves(name):
     pytest.fail(f"README names {name}, which does not import")
 
 
-def test_every_command_and_flag_in_the_readme_exists():
+@pytest.mark.parametrize("script", ["asymfuse", "asymfuse-edge"])
+def test_every_command_and_flag_in_the_readme_exists(script):
     from asymfuse.cloud.cli.main import build_parser
+    from asymfuse.edge.cli import build_parser as build_edge_parser
 
-    top = build_parser()
+    top = build_parser() if script == "asymfuse" else build_edge_parser()
     bad = []
-    for words in command_lines():
-        parser, used = top, ["asymfuse"]
+    lines = command_lines(script)
+    assert lines, f"the README shows no {script} command"
+    for words in lines:
+        parser, used = top, [script]
         while (subs := _subparsers(parser)) and words and not words[0].startswith("-"):
             if words[0] not in subs:
                 bad.append(f"{' '.join(used)} has no command {words[0]!r} (README: {' '.join(words)})")

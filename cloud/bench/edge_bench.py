@@ -24,6 +24,7 @@ Goal: end-to-end p50 < 50 ms on 2 cores with a 100k gallery.
 from __future__ import annotations
 
 import importlib.metadata as md
+import logging
 import re
 import shutil
 import tempfile
@@ -302,6 +303,9 @@ def run_edge_bench(cfg: EdgeBenchConfig, *, out_dir: str | Path, log: Any = prin
         synthetic_ames(work / "index", cfg.gallery, cfg=serve_cfg)
         config = ServerConfig(index_dir=str(work / "index"), snapshot_interval_s=0, rerank_top_m=cfg.top_m)
         server, port = create_server(config, searcher=open_searcher(config))
+        service_log = logging.getLogger("asymfuse.service")
+        level = service_log.level
+        service_log.setLevel(logging.WARNING)  # one INFO line per search would bury the table
         q_locals = np.random.default_rng(cfg.seed + 3).standard_normal((8, cfg.lq, cfg.local_dim)).astype(np.float32)
         try:
             for path, gate in models:
@@ -314,6 +318,7 @@ def run_edge_bench(cfg: EdgeBenchConfig, *, out_dir: str | Path, log: Any = prin
                                     e2e_ames_p50_ms=e2e_ames[0], e2e_ames_p99_ms=e2e_ames[1]))
                 log(f"[bench edge]   cold {cold:.0f} ms, embed {embed}, e2e {e2e}, +AMES {e2e_ames}")
         finally:
+            service_log.setLevel(level)
             server.stop(0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
