@@ -6,8 +6,10 @@ on the *train* split; search each single feature and the naive concatenations wi
 index; train the quick-tier joint AFF setting (mixer + Lite0 query net) and add its symmetric
 and asymmetric rows; train a quick binary AMES and add a re-ranked row per AFF search
 (:mod:`asymfuse.cloud.demo.ames_stage`); serve the fused gallery with AMES through the gRPC searcher
-and query it as a phone would (:mod:`asymfuse.cloud.demo.serve_stage`); write the table as Markdown
-and JSON.
+and query it as a phone would (:mod:`asymfuse.cloud.demo.serve_stage`); export the query net, gated
+(:mod:`asymfuse.cloud.demo.export_stage`); query the searcher again from the torch-free edge SDK
+with the exported int8 TFLite file (:mod:`asymfuse.cloud.demo.edge_stage`); write the table as
+Markdown and JSON.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class DemoConfig:
     export: bool = True  # export the AFF query net (ONNX, TFLite), gate each file and add its rows
     export_targets: tuple[tuple[str, str], ...] = DEMO_TARGETS  # (format, precision) pairs
     export_calibration: int = 32  # train-split photos that calibrate int8
+    edge: bool = True  # the edge SDK runs the exported int8 TFLite file (else the first exported file) via gRPC
 
     def __post_init__(self) -> None:
         if len(self.global_extractors) + len(self.local_extractors) < 1:
@@ -80,6 +83,9 @@ class DemoConfig:
                               "and ames=True, or set serve=False")
         if self.export and not self.aff:
             raise ConfigError("the export stage exports the AFF stage's query net: keep aff=True or set export=False")
+        if self.edge and not (self.serve and self.export):
+            raise ConfigError("the edge stage runs an exported file against the served gallery: keep serve=True "
+                              "and export=True, or set edge=False")
 
 
 def load_split(bench_root: Path, part: str, name: str) -> RetrievalDataset:
@@ -132,21 +138,47 @@ def _row(feature: str, kind: str, xq: np.ndarray, xb: np.ndarray, test: Retrieva
 def _serve(aff_cfg: Any, aff: AFFStageResult, ames: AMESStageResult, aff_vectors: dict[str, Any], *,
            test: RetrievalDataset, out: Path) -> Any:
     """The serving stage on the asymmetric AFF search (the phone's query net against the fused gallery)."""
-    from asymfuse.cloud.ames.sources import ArrayLocals
     from asymfuse.cloud.demo.serve_stage import run_serve_stage
     from asymfuse.cloud.features.layout import store_path
-    from asymfuse.cloud.features.store_reader import FeatureStore
 
     feats = Path(aff_cfg.features_dir)
     label = aff.searches.asymmetric.label
     weights = ames.weights[label]
-    with FeatureStore.open(store_path(feats, ames.local_feature, "test", "queries"), verify="none") as store:
-        query_locals = ArrayLocals.from_store(store)
+    query_locals = _query_locals(aff_cfg, ames)
     return run_serve_stage(test=test, xq=aff_vectors[label]["test"][0], mixer=aff.mixer,
                            gallery_stores=[store_path(feats, n, "test", "gallery") for n in aff_cfg.gallery_features],
                            ames_checkpoint=ames.checkpoint, packed=ames.run_dir / "packed-test",
                            query_locals=query_locals, lam=weights.lam, gamma=weights.gamma, top_m=ames.top_m,
                            lq=ames.lq, lx=ames.lx, label=label, out_dir=out / "serve", space=aff.embedding_space_id)
+
+
+def _query_locals(aff_cfg: Any, ames: AMESStageResult) -> Any:
+    """The test queries' local descriptors (the AMES stage's feature) as an ``ArrayLocals``."""
+    from asymfuse.cloud.ames.sources import ArrayLocals
+    from asymfuse.cloud.features.layout import store_path
+    from asymfuse.cloud.features.store_reader import FeatureStore
+
+    path = store_path(Path(aff_cfg.features_dir), ames.local_feature, "test", "queries")
+    with FeatureStore.open(path, verify="none") as store:
+        return ArrayLocals.from_store(store)
+
+
+def _edge(aff_cfg: Any, ames: AMESStageResult, served: Any, export_rows: list[dict[str, Any]], *,
+          test: RetrievalDataset) -> Any:
+    """The edge stage on the int8 TFLite file (else the first exported file on disk); None without one."""
+    from asymfuse.cloud.demo.edge_stage import run_edge_stage
+
+    files = [r for r in export_rows if r.get("path") and Path(r["path"]).is_file()]
+    files.sort(key=lambda r: ("[tflite int8]" not in r["feature"], "[tflite " not in r["feature"],
+                              r.get("status") != "passed"))
+    if not files:
+        LOG.warning("edge stage skipped: no exported file on disk")
+        return None
+    pick = files[0]
+    label = f"{pick['feature'].split(' → ')[0]} (edge SDK) + AMES via gRPC"
+    return run_edge_stage(test=test, model=Path(pick["path"]), index_dir=served.index_dir,
+                          query_locals=_query_locals(aff_cfg, ames), top_m=ames.top_m, lq=ames.lq,
+                          torch_row=served.row, label=label)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -206,7 +238,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t_serve = 0.0
     if cfg.serve and aff is not None and ames is not None:
         t1 = time.perf_counter()
-        served = _serve(aff_cfg, aff, ames, aff_vectors, test=test, out=out)
+        served: Any = _serve(aff_cfg, aff, ames, aff_vectors, test=test, out=out)
         rows.append(served.row)
         serve_info = served.info()
         t_serve = time.perf_counter() - t1
@@ -221,6 +253,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             calibration=cfg.export_calibration)
         rows.extend(export_rows)
         t_export = time.perf_counter() - t1
+    edge_info: dict[str, Any] = {}
+    t_edge = 0.0
+    if cfg.edge and serve_info and export_info and ames is not None:
+        t1 = time.perf_counter()
+        edge = _edge(aff_cfg, ames, served, export_rows, test=test)
+        if edge is not None:
+            rows.append({**edge.row, "gate_status": next(r.get("status") for r in export_rows
+                                                          if r.get("path") == str(edge.model))})
+            edge_info = edge.info()
+        t_edge = time.perf_counter() - t1
     total = time.perf_counter() - t0
     report = {
         "title": "asymfuse demo: single gallery features vs naive concatenation (test split)",
@@ -228,11 +270,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "rows": rows,
         "timing_s": {"benchmark": round(t_bench, 1), "extract": round(t_extract, 1), "aff": round(t_aff, 1),
                      "ames": round(t_ames, 1), "serve": round(t_serve, 1), "export": round(t_export, 1),
-                     "total": round(total, 1)},
+                     "edge": round(t_edge, 1), "total": round(total, 1)},
         "aff": {} if aff is None else aff.info(),
         "ames": {} if ames is None else ames.info(),
         "serve": serve_info,
         "export": export_info,
+        "edge": edge_info,
         "config": asdict(cfg),
     }
     table = markdown_table([r for r in rows if r["kind"] != "exported query net"], COLUMNS)
@@ -241,7 +284,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
           f"Runtime: {total:.1f} s (benchmark {t_bench:.1f} s, features {t_extract:.1f} s, "
           f"AFF training + eval {t_aff:.1f} s, AMES training + re-ranking {t_ames:.1f} s, gRPC serving "
           f"{t_serve:.1f} s, export + gate "
-          f"{t_export:.1f} s).\n")
+          f"{t_export:.1f} s, edge SDK {t_edge:.1f} s).\n")
     if aff is not None:
         md += (f"\nAFF (quick tier, joint, alpha={aff_cfg.alpha}): best val epoch {aff.best_epoch}, "
                f"embedding space `{aff.embedding_space_id}`; models and curves in `{aff.run_dir}`.\n")
@@ -262,6 +305,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                f"photos)\n\n{markdown_table(exported, EXPORT_COLUMNS, digits=4)}"
                f"\n\nFiles and `manifest.json` in `{export_info['dir']}` (a file that fails the gate is under "
                "`failed/` and is not shippable).\n")
+    if edge_info:
+        md += (f"\nPhone side (`asymfuse.edge.ImageEmbedder`, no torch, on `{Path(edge_info['model']).name}`): each "
+               f"test query photo embedded by the SDK and sent with its SIFT descriptors to the searcher; mAP Medium "
+               f"drop against the torch query net's gRPC row {edge_info['map_drop']:.2f} points (the gate allows "
+               f"1.0: {'within' if edge_info['within_gate'] else 'OUTSIDE'}); end to end (embed + gRPC + AMES) "
+               f"p50 {edge_info['p50_ms']:.1f} ms, p99 {edge_info['p99_ms']:.1f} ms.\n")
     atomic_write_text(out / "report.md", md)
     write_json(out / "report.json", report)
     report["markdown"] = md

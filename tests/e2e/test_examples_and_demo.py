@@ -40,7 +40,8 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     assert names[:3] == ["gem_lite1", "sift+vlad8", "concat(gem_lite1 + sift+vlad8)"]
     assert [r["kind"] for r in report["rows"][3:]] == [
         "AFF start (closed form) symmetric", "AFF start (closed form) asymmetric", "AFF symmetric", "AFF asymmetric",
-        "AMES re-ranking", "AMES re-ranking", "gRPC searcher", "exported query net", "exported query net"]
+        "AMES re-ranking", "AMES re-ranking", "gRPC searcher", "exported query net", "exported query net",
+        "edge SDK → gRPC"]
     assert names[3].endswith("[start]") and names[3].removesuffix(" [start]") == names[5]
     assert names[7:9] == [f"{names[5]} + AMES", f"{names[6]} + AMES"]  # each AFF search, re-ranked
     for name in ("mixer.pt", "query_net.pt", "best.pt", "start.pt", "curves.png", "metrics.jsonl"):
@@ -59,6 +60,10 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     assert [r["status"] for r in exported] == ["passed", "passed"], exported
     assert exported[0]["feature"].startswith("efficientnet_lite0@64 [onnx fp32] → AFF(")
     assert exported[0]["mAP_medium"] == pytest.approx(report["export"]["torch_mAP_medium"], abs=1.0)
+    edge = report["rows"][-1]  # the phone side: the SDK runs the TFLite file, no torch
+    assert edge["feature"] == "efficientnet_lite0@64 [tflite fp32] (edge SDK) + AMES via gRPC"
+    assert edge["mAP_medium"] == pytest.approx(grpc_row["mAP_medium"], abs=1.0) and report["edge"]["within_gate"]
+    assert report["edge"]["p50_ms"] > 0 and edge["gate_status"] == "passed"
     manifest = json.loads((tmp_path / "demo" / "export" / "manifest.json").read_text())
     assert sorted(a["format"] for a in manifest["artifacts"]) == ["onnx", "tflite"]
     for row in report["rows"]:
@@ -80,7 +85,7 @@ def test_readme_demo_command(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     rows = report["rows"]
-    assert len(rows) == 16 and report["dataset"]["queries"] >= 20
+    assert len(rows) == 17 and report["dataset"]["queries"] >= 20
     assert [r["kind"] for r in rows[9:11]] == ["AMES re-ranking", "AMES re-ranking"]
     # Quality floors (measured on 2 CPU cores: gem_lite1 71.31, AFF start and trained symmetric 71.65,
     # asymmetric Lite0@128 34.91; the random-start recipe gave 42.85 / 8.28). A regression fails here.
@@ -93,11 +98,16 @@ def test_readme_demo_command(tmp_path):
     assert rows[9]["mAP_medium"] >= rows[7]["mAP_medium"] - 0.5  # AMES never costs more than noise
     assert rows[11]["kind"] == "gRPC searcher" and rows[11]["mAP_medium"] == pytest.approx(rows[10]["mAP_medium"])
     assert report["serve"]["rankings_equal"] == report["serve"]["queries"]
-    exported = {r["feature"].split("[")[1].split("]")[0]: r for r in rows[12:]}
+    exported = {r["feature"].split("[")[1].split("]")[0]: r for r in rows[12:16]}
     assert sorted(exported) == ["onnx fp32", "onnx int8", "tflite fp32", "tflite int8"]
     assert exported["onnx fp32"]["status"] == exported["tflite fp32"]["status"] == "passed"
     assert all(r["status"] in ("passed", "failed") for r in exported.values())  # a gate verdict, not a crash
     assert "## Exported query net" in res.stdout
+    edge = rows[16]  # the edge SDK on the int8 TFLite file, through the same searcher
+    assert edge["kind"] == "edge SDK → gRPC" and "[tflite int8]" in edge["feature"]
+    if edge["gate_status"] == "passed":  # a file that passed the gate keeps the torch mAP within 1 point
+        assert report["edge"]["within_gate"], report["edge"]
+    assert "Phone side" in res.stdout
     assert report["aff"]["embedding_space_id"].startswith("es-")
     assert "concat(gem_lite1 + gem_lite2 + sift+vlad32)" in res.stdout
 
