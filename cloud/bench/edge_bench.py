@@ -29,12 +29,13 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from asymfuse.cloud.bench.overrides import apply_overrides
 from asymfuse.cloud.bench.report_common import markdown_head, report_head, report_paths
 from asymfuse.cloud.bench.serve_bench import ServeBenchConfig, build_searcher_folder, synthetic_ames, synthetic_vectors
 from asymfuse.cloud.eval.report import markdown_table, write_json
@@ -101,20 +102,12 @@ class EdgeBenchConfig:
         return cls(tier=tier, **{**TIERS[tier], **overrides})
 
     def with_overrides(self, values: dict[str, Any]) -> EdgeBenchConfig:
-        known = set(asdict(self))
-        bad = sorted(set(values) - known)
-        if bad:
-            raise ConfigError(f"unknown bench edge setting(s) {bad}; known: {sorted(known)}")
-        fixed: dict[str, Any] = {}
-        for key, value in values.items():
-            if key == "targets":  # targets='["onnx:fp32","tflite:int8"]' or "onnx:fp32"
-                items = value if isinstance(value, list) else [value]
-                fixed[key] = tuple(tuple(str(v).split(":", 1)) for v in items)
-            elif isinstance(getattr(self, key), tuple):
-                fixed[key] = tuple(value) if isinstance(value, list) else (value,)
-            else:
-                fixed[key] = value
-        return replace(self, **fixed)
+        """``--set`` values; ``targets`` takes ``"onnx:fp32"`` or a JSON list of them."""
+        return apply_overrides(self, values, what="bench edge", convert={"targets": _targets})
+
+
+def _targets(value: Any) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(str(v).split(":", 1)) for v in (value if isinstance(value, list) else [value]))
 
 
 @dataclass(frozen=True)

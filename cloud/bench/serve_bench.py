@@ -25,12 +25,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from asymfuse.cloud.bench.overrides import apply_overrides
 from asymfuse.cloud.bench.report_common import markdown_head, report_head, report_paths
 from asymfuse.cloud.eval.report import markdown_table, write_json
 from asymfuse.cloud.index.durable import SNAPSHOT_FILE, DurableIndex
@@ -85,14 +86,8 @@ class ServeBenchConfig:
         return cls(tier=tier, **{**TIERS[tier], **overrides})
 
     def with_overrides(self, values: Mapping[str, Any]) -> ServeBenchConfig:
-        known = {f for f in asdict(self)}
-        bad = sorted(set(values) - known)
-        if bad:
-            raise ConfigError(f"unknown bench serve setting(s) {bad}; known: {sorted(known)}")
-        # tuple settings take a JSON list or one value: sizes=100000, factories='["Flat","IVF1024,SQ8"]'
-        fixed = {k: (tuple(v) if isinstance(v, list) else (v,)) if isinstance(getattr(self, k), tuple) else v
-                 for k, v in values.items()}
-        return replace(self, **fixed)
+        """``--set`` values; tuple settings take a JSON list or one value (sizes=100000)."""
+        return apply_overrides(self, values, what="bench serve")
 
 
 @dataclass(frozen=True)

@@ -110,30 +110,29 @@ def _run_trained_bench(args: argparse.Namespace, config_type: Any, run: Callable
     return 0
 
 
-def run_edge(args: argparse.Namespace) -> int:
-    from asymfuse.cloud.bench.edge_bench import EdgeBenchConfig, run_edge_bench
+def _run_table_bench(args: argparse.Namespace, name: str, config_type: Any, run: Callable[..., dict[str, Any]],
+                     **preset: Any) -> int:
+    """``bench serve`` / ``bench edge``: preset tier + ``--set`` overrides, run, print the table and its files."""
     from asymfuse.cloud.cli.options import parse_options
 
-    cfg = EdgeBenchConfig.preset("quick" if args.quick else "default", models=args.models)
+    cfg = config_type.preset("quick" if args.quick else "default", **preset)
     cfg = cfg.with_overrides(parse_options(args.overrides))
-    out = args.out or ("runs/bench/edge-quick" if args.quick else "runs/bench/edge")
-    result = run_edge_bench(cfg, out_dir=out)
+    result = run(cfg, out_dir=args.out or (f"runs/bench/{name}-quick" if args.quick else f"runs/bench/{name}"))
     print(result["markdown"])
     print(f"report: {result['paths']['markdown']}, {result['paths']['json']}")
     return 0
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.edge_bench import EdgeBenchConfig, run_edge_bench
+
+    return _run_table_bench(args, "edge", EdgeBenchConfig, run_edge_bench, models=args.models)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from asymfuse.cloud.bench.serve_bench import ServeBenchConfig, run_serve_bench
-    from asymfuse.cloud.cli.options import parse_options
 
-    cfg = ServeBenchConfig.preset("quick" if args.quick else "default")
-    cfg = cfg.with_overrides(parse_options(args.overrides))
-    out = args.out or ("runs/bench/serve-quick" if args.quick else "runs/bench/serve")
-    result = run_serve_bench(cfg, out_dir=out)
-    print(result["markdown"])
-    print(f"report: {result['paths']['markdown']}, {result['paths']['json']}")
-    return 0
+    return _run_table_bench(args, "serve", ServeBenchConfig, run_serve_bench)
 
 
 def run_ames_latency(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ file), the serving stage's index folder is served again on a free loopback port,
 query photo (cropped to its bbx, as the phone's camera frame) is embedded on "the phone" and sent
 with its SIFT descriptors, as in the serving stage. The row holds the mAP of those answers, its
 drop against the torch query net's row through the same searcher (the export gate allows 1 point),
-and the end-to-end latency per query (embed + gRPC + AMES), p50 / p99.
+the number of queries whose whole ranking equals the torch query net's (which equals the offline
+evaluation, checked by the serving stage), and the end-to-end latency per query (embed + gRPC +
+AMES), p50 / p99.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ class EdgeStageResult:
     row: dict[str, Any]
     model: Path
     map_drop: float
+    rankings_equal: int
     p50_ms: float
     p99_ms: float
 
     def info(self) -> dict[str, Any]:
         return {"model": str(self.model), "map_drop": round(self.map_drop, 2), "within_gate": self.within_gate,
+                "rankings_equal_torch": self.rankings_equal,
                 "p50_ms": round(self.p50_ms, 2), "p99_ms": round(self.p99_ms, 2)}
 
     @property
@@ -44,13 +48,14 @@ class EdgeStageResult:
 
 
 def run_edge_stage(*, test: RetrievalDataset, model: Path, index_dir: Path, query_locals: Any, top_m: int, lq: int,
-                   torch_row: dict[str, Any], label: str) -> EdgeStageResult:
+                   torch_row: dict[str, Any], torch_ranks: np.ndarray, label: str) -> EdgeStageResult:
     """Embed every test query with the edge SDK, search over gRPC, score (see the module docstring).
 
     Args:
         model: the exported file (``.tflite`` or ``.onnx``); index_dir: the serving stage's folder.
         query_locals: an ``ArrayLocals`` of the test queries; top_m, lq: as in the serving stage.
-        torch_row: the serving stage's row (torch query vectors through the same searcher).
+        torch_row, torch_ranks: the serving stage's row and ``(nb, nq)`` ranks (torch query vectors
+            through the same searcher).
         label: the row label.
     """
     from asymfuse.cloud.eval.evaluate import evaluate_ranking
@@ -84,7 +89,9 @@ def run_edge_stage(*, test: RetrievalDataset, model: Path, index_dir: Path, quer
     metrics = evaluate_ranking(ranks, test)
     p50, p99 = (float(v) for v in np.percentile(latencies, [50, 99]))
     drop = float(torch_row["mAP_medium"]) - float(metrics["mAP_medium"])
+    equal = int(sum(np.array_equal(ranks[:, i], torch_ranks[:, i]) for i in range(test.nq)))
     row = {"feature": label, "kind": EDGE_KIND, "dim": int(vector.shape[0]), "p50_ms": round(p50, 1),
            "p99_ms": round(p99, 1), "map_drop_vs_torch": round(drop, 2),
+           "rankings_equal_torch": f"{equal}/{test.nq}",
            **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
-    return EdgeStageResult(row=row, model=model, map_drop=drop, p50_ms=p50, p99_ms=p99)
+    return EdgeStageResult(row=row, model=model, map_drop=drop, rankings_equal=equal, p50_ms=p50, p99_ms=p99)

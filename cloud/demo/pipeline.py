@@ -178,7 +178,7 @@ def _edge(aff_cfg: Any, ames: AMESStageResult, served: Any, export_rows: list[di
     label = f"{pick['feature'].split(' → ')[0]} (edge SDK) + AMES via gRPC"
     return run_edge_stage(test=test, model=Path(pick["path"]), index_dir=served.index_dir,
                           query_locals=_query_locals(aff_cfg, ames), top_m=ames.top_m, lq=ames.lq,
-                          torch_row=served.row, label=label)
+                          torch_row=served.row, torch_ranks=served.ranks, label=label)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -309,7 +309,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         md += (f"\nPhone side (`asymfuse.edge.ImageEmbedder`, no torch, on `{Path(edge_info['model']).name}`): each "
                f"test query photo embedded by the SDK and sent with its SIFT descriptors to the searcher; mAP Medium "
                f"drop against the torch query net's gRPC row {edge_info['map_drop']:.2f} points (the gate allows "
-               f"1.0: {'within' if edge_info['within_gate'] else 'OUTSIDE'}); end to end (embed + gRPC + AMES) "
+               f"1.0: {'within' if edge_info['within_gate'] else 'OUTSIDE'}); whole rankings equal to the torch "
+               f"query net's (= the offline evaluation) for {edge_info['rankings_equal_torch']}/{test.nq} queries; "
+               f"end to end (embed + gRPC + AMES) "
                f"p50 {edge_info['p50_ms']:.1f} ms, p99 {edge_info['p99_ms']:.1f} ms.\n")
     atomic_write_text(out / "report.md", md)
     write_json(out / "report.json", report)

@@ -33,6 +33,7 @@ class ServeStageResult:
     queries: int
     p50_ms: float
     p99_ms: float
+    ranks: np.ndarray  # (nb, nq) gallery positions per query, as answered over gRPC (= offline)
 
     def info(self) -> dict[str, Any]:
         return {"index_dir": str(self.index_dir), "rankings_equal": self.rankings_equal, "queries": self.queries,
@@ -101,7 +102,7 @@ def run_serve_stage(*, test: RetrievalDataset, xq: np.ndarray, mixer: Path, gall
            "rankings_equal_offline": f"{equal}/{test.nq}", "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
            **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     return ServeStageResult(row=row, index_dir=index_dir, rankings_equal=equal, queries=test.nq, p50_ms=p50,
-                            p99_ms=p99)
+                            p99_ms=p99, ranks=ranks)
 
 
 def fused_vectors(root: Path, *, order: list[str]) -> np.ndarray:

@@ -64,6 +64,8 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     assert edge["feature"] == "efficientnet_lite0@64 [tflite fp32] (edge SDK) + AMES via gRPC"
     assert edge["mAP_medium"] == pytest.approx(grpc_row["mAP_medium"], abs=1.0) and report["edge"]["within_gate"]
     assert report["edge"]["p50_ms"] > 0 and edge["gate_status"] == "passed"
+    # fp32 TFLite: the same ranking as the torch query net (= the offline evaluation) for most queries
+    assert report["edge"]["rankings_equal_torch"] >= 0.8 * report["dataset"]["queries"], report["edge"]
     manifest = json.loads((tmp_path / "demo" / "export" / "manifest.json").read_text())
     assert sorted(a["format"] for a in manifest["artifacts"]) == ["onnx", "tflite"]
     for row in report["rows"]:
