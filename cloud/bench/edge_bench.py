@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.cloud.bench.overrides import apply_overrides
+from asymfuse.cloud.bench.overrides import apply_overrides, preset_config
 from asymfuse.cloud.bench.report_common import markdown_head, report_head, report_paths
 from asymfuse.cloud.bench.serve_bench import ServeBenchConfig, build_searcher_folder, synthetic_ames, synthetic_vectors
 from asymfuse.cloud.eval.report import markdown_table, write_json
@@ -97,9 +97,7 @@ class EdgeBenchConfig:
 
     @classmethod
     def preset(cls, tier: str, **overrides: Any) -> EdgeBenchConfig:
-        if tier not in TIERS:
-            raise ConfigError(f"unknown bench edge tier {tier!r}; choose one of {sorted(TIERS)}")
-        return cls(tier=tier, **{**TIERS[tier], **overrides})
+        return preset_config(cls, tier, TIERS, what="bench edge", **overrides)
 
     def with_overrides(self, values: dict[str, Any]) -> EdgeBenchConfig:
         """``--set`` values; ``targets`` takes ``"onnx:fp32"`` or a JSON list of them."""

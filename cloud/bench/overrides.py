@@ -34,3 +34,15 @@ def apply_overrides(cfg: C, values: Mapping[str, Any], *, what: str,
         else:
             fixed[key] = value
     return replace(cfg, **fixed)  # type: ignore[type-var]
+
+
+def preset_config(cls: Callable[..., C], tier: str, tiers: Mapping[str, Mapping[str, Any]], *, what: str,
+                  **overrides: Any) -> C:
+    """``cls(tier=tier, **tiers[tier], **overrides)``: a bench config of a named tier.
+
+    Raises:
+        ConfigError: an unknown tier (the message lists the known ones).
+    """
+    if tier not in tiers:
+        raise ConfigError(f"unknown {what} tier {tier!r}; choose one of {sorted(tiers)}")
+    return cls(tier=tier, **{**tiers[tier], **overrides})

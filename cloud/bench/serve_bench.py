@@ -31,13 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.cloud.bench.overrides import apply_overrides
+from asymfuse.cloud.bench.overrides import apply_overrides, preset_config
 from asymfuse.cloud.bench.report_common import markdown_head, report_head, report_paths
 from asymfuse.cloud.eval.report import markdown_table, write_json
 from asymfuse.cloud.index.durable import SNAPSHOT_FILE, DurableIndex
 from asymfuse.cloud.index.faiss_index import FaissIndex, IndexConfig
 from asymfuse.cloud.index.index_meta import KEY_FIELD, IndexMeta
-from asymfuse.edge.errors import ConfigError
 from asymfuse.edge.fileio import atomic_write_text
 
 SPACE = "bench-serve-synthetic"
@@ -81,9 +80,7 @@ class ServeBenchConfig:
 
     @classmethod
     def preset(cls, tier: str, **overrides: Any) -> ServeBenchConfig:
-        if tier not in TIERS:
-            raise ConfigError(f"unknown bench serve tier {tier!r}; choose one of {sorted(TIERS)}")
-        return cls(tier=tier, **{**TIERS[tier], **overrides})
+        return preset_config(cls, tier, TIERS, what="bench serve", **overrides)
 
     def with_overrides(self, values: Mapping[str, Any]) -> ServeBenchConfig:
         """``--set`` values; tuple settings take a JSON list or one value (sizes=100000)."""
