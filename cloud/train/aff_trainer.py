@@ -31,7 +31,7 @@ from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
 from asymfuse.cloud.train.aff_setup import AFFData, build_system, prepare_data
 from asymfuse.cloud.train.aff_validate import validate
 from asymfuse.cloud.train.augment import AugmentConfig
-from asymfuse.cloud.train.distributed import (
+from asymfuse.cloud.distributed import (
     barrier,
     broadcast_object,
     dist_env_from_environ,

@@ -34,7 +34,7 @@ from asymfuse.cloud.ames.model import AMES, create_ames
 from asymfuse.cloud.device import autocast
 from asymfuse.cloud.train.ames_config import RESUME_SAFE_FIELDS, AMESTrainConfig
 from asymfuse.cloud.train.ames_pairs import AMESData, BatchLengths, PairDataset, TrainingLocals, prepare_ames_data
-from asymfuse.cloud.train.distributed import (
+from asymfuse.cloud.distributed import (
     barrier,
     broadcast_object,
     dist_env_from_environ,

@@ -6,7 +6,7 @@ both, so DDP, resume and checkpointing are fixed in one place:
 
 - the global batch split over the ranks, with the size checks and their messages;
 - the ``DistributedSampler`` loader and the DDP wrapper (NCCL on CUDA, gloo on CPU come from
-  :mod:`asymfuse.cloud.train.distributed`);
+  :mod:`asymfuse.cloud.distributed`);
 - one optimiser step under a ``GradScaler`` (fp16) with optional gradient clipping;
 - the resume payload (config check, optimiser / scheduler / scaler / history / best / epoch /
   RNG states) and the matching state dict;
@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from asymfuse.cloud.train.distributed import DistEnv
+from asymfuse.cloud.distributed import DistEnv
 from asymfuse.cloud.train.progress import JsonlLog
 from asymfuse.cloud.train.state import check_resume_config, load_state, save_state, set_rng_state
 from asymfuse.edge.errors import ConfigError

@@ -179,7 +179,7 @@ def test_ema_classifier_follows_the_formula_after_one_step(setup):
 
 def test_nproc_larger_than_samples_is_refused(setup, tmp_path):
     from asymfuse.cloud.train.aff_trainer import _Run
-    from asymfuse.cloud.train.distributed import DistEnv
+    from asymfuse.cloud.distributed import DistEnv
 
     cfg = _cfg(setup, batch_size=10_000)
     run = _Run(cfg, tmp_path, DistEnv(rank=0, world_size=10_000), torch.device("cpu"))
