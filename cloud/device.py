@@ -32,6 +32,19 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+def check_precision(device: torch.device, precision: str) -> str:
+    """``precision`` if :func:`autocast` accepts it on ``device``.
+
+    Raises:
+        ConfigError: unknown precision, or fp16 on CPU.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is unknown; choose one of {list(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 autocast needs CUDA; use precision='bf16' (or fp32) on CPU")
+    return precision
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
     """Mixed-precision context for ``device``.
@@ -42,13 +55,9 @@ def autocast(device: torch.device, precision: str = "fp32") -> Iterator[None]:
     Raises:
         ConfigError: unknown precision, or fp16 on CPU.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision {precision!r} is unknown; choose one of {list(PRECISIONS)}")
-    if precision == "fp32":
+    if check_precision(device, precision) == "fp32":
         yield
         return
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 autocast needs CUDA; use precision='bf16' on CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield

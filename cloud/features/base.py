@@ -3,6 +3,11 @@
 Extractors are frozen: they take a batch of RGB images of any sizes and return NumPy arrays,
 the currency of the feature store. Global extractors return :class:`GlobalFeatures`, local
 extractors :class:`LocalFeatures` padded to a fixed ``max_local`` with a padding mask.
+
+An extractor splits its work in two halves: its :class:`ImagePreprocessor` (resize, normalise,
+pad: CPU work that DataLoader workers can run) and :meth:`FeatureExtractor.extract_collated` (the
+model). :meth:`FeatureExtractor.extract` runs both in the calling process, so the two paths give
+the same features.
 """
 
 from __future__ import annotations
@@ -78,6 +83,22 @@ class LocalFeatures:
 Features = GlobalFeatures | LocalFeatures
 
 
+class ImagePreprocessor:
+    """The CPU half of an extractor, safe to run in DataLoader worker processes.
+
+    ``prepare`` turns one decoded ``(H, W, 3)`` uint8 RGB image into whatever the extractor wants
+    per image; ``collate`` turns a list of prepared images into one batch for
+    :meth:`FeatureExtractor.extract_collated`. It holds no model and must pickle. This default
+    passes the images through unchanged (a list of arrays).
+    """
+
+    def prepare(self, image: np.ndarray) -> Any:
+        return image
+
+    def collate(self, items: list[Any]) -> Any:
+        return list(items)
+
+
 class FeatureExtractor(abc.ABC):
     """A frozen gallery model.
 
@@ -86,12 +107,16 @@ class FeatureExtractor(abc.ABC):
         kind: ``"global"`` or ``"local"``.
         dim: output dimension D (global) or d (local).
         max_local: L, the padded number of local descriptors (None for global extractors).
+        precision: ``"fp32"``, or the autocast precision of the model's forward (``"bf16"``,
+            ``"fp16"``); features then differ from fp32 by rounding only, so the ``extractor_id``
+            stays the same and feature stores record the precision in their ``meta``.
     """
 
     name: str
     kind: FeatureKind
     dim: int
     max_local: int | None = None
+    precision: str = "fp32"
 
     @property
     @abc.abstractmethod
@@ -113,6 +138,21 @@ class FeatureExtractor(abc.ABC):
         Raises:
             ShapeError: an image is malformed, or the batch is empty.
         """
+
+    @property
+    def preprocessor(self) -> ImagePreprocessor:
+        """The picklable CPU half (resize, normalise, pad) that DataLoader workers may run."""
+        return ImagePreprocessor()
+
+    def extract_collated(self, batch: Any) -> Features:
+        """Features of a batch made by ``self.preprocessor.collate`` (the model half).
+
+        The default preprocessor passes images through, so this default is :meth:`extract`.
+
+        Raises:
+            ShapeError: as :meth:`extract`.
+        """
+        return self.extract(batch)
 
     @property
     def store_meta(self) -> dict[str, Any]:

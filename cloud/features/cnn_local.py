@@ -6,40 +6,38 @@ descriptor is the activation, L2-normalised. Keypoints are cell centres in origi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
 import torch
 
-from asymfuse.cloud.device import resolve_device
-from asymfuse.cloud.features.base import FeatureExtractor, LocalFeatures, check_batch
-from asymfuse.cloud.features.cnn_batch import PaddedBatch, iter_padded_groups
-from asymfuse.cloud.features.cnn_global import config_id, frozen
+from asymfuse.cloud.device import autocast
+from asymfuse.cloud.features.base import LocalFeatures
+from asymfuse.cloud.features.cnn_batch import PaddedBatch, PaddedGroups
+from asymfuse.cloud.features.cnn_global import CnnExtractor, config_id
 from asymfuse.cloud.models.backbones import LiteBody, Trunk
 from asymfuse.edge.errors import ConfigError
 
 
-class LiteMapLocalExtractor(FeatureExtractor):
+class LiteMapLocalExtractor(CnnExtractor):
     """Local descriptors from the output of an EfficientNet-Lite stage (stride 16 by default)."""
 
     kind = "local"
 
     def __init__(self, *, name: str, trunk: Trunk, max_local: int = 256, max_side: int = 384,
-                 stage_end: int = -2, batch_size: int = 8,
-                 device: str | torch.device = "cpu") -> None:
+                 stage_end: int = -2, batch_size: int = 8, device: str | torch.device = "cpu",
+                 precision: str = "fp32", channels_last: bool = False) -> None:
         body = trunk.body
         if not isinstance(body, LiteBody):
             raise ConfigError(f"{name} needs an EfficientNet-Lite trunk, got {type(body).__name__}")
-        if max_local < 1 or max_side < 64:
-            raise ConfigError(f"need max_local >= 1 and max_side >= 64, got {max_local}, {max_side}")
+        if max_local < 1:
+            raise ConfigError(f"need max_local >= 1, got {max_local}")
+        super().__init__(name=name, trunk=trunk, max_side=max_side, batch_size=batch_size, device=device,
+                         precision=precision, channels_last=channels_last)
         ends = body.stage_ends() + [len(body._blocks)]
         self.upto = ends[stage_end]
         self.stride = 2 ** (1 + sum(1 for e in body.stage_ends() if e < self.upto))
-        self.name, self.max_local, self.max_side = name, max_local, max_side
-        self.batch_size = batch_size
-        self.device = resolve_device(device)
-        self.trunk = frozen(trunk).to(self.device)
+        self.max_local = max_local
         self.dim = int(body._blocks[self.upto - 1]._block_args.output_filters)
 
     @cached_property
@@ -48,23 +46,21 @@ class LiteMapLocalExtractor(FeatureExtractor):
         return config_id(self.name, cfg, self.trunk)
 
     @torch.inference_mode()
-    def extract(self, images: Sequence[np.ndarray]) -> LocalFeatures:
-        check_batch(images)
-        info = self.trunk.info
-        b, L = len(images), self.max_local
+    def extract_collated(self, batch: PaddedGroups) -> LocalFeatures:
+        """Features of a :meth:`PadResize.collate` batch: ``(B, max_local, dim)`` padded sets."""
+        b, L = batch.count, self.max_local
         out = LocalFeatures(np.zeros((b, L, self.dim), np.float32), np.zeros((b, L), np.float32),
                             np.ones((b, L), bool), np.zeros((b, L, 2), np.float32),
                             np.zeros((b, L), np.float32))
-        for idx, batch in iter_padded_groups(images, max_side=self.max_side, mean=info.mean,
-                                             std=info.std, multiple=info.stride,
-                                             batch_size=self.batch_size, device=self.device):
+        for idx, group in batch.groups:
             for arr, part in zip((out.descriptors, out.weights, out.mask, out.xy, out.scale),
-                                 self._extract_group(batch)):
+                                 self._extract_group(self.on_device(group))):
                 arr[idx] = part
         return out
 
     def _extract_group(self, batch: PaddedBatch) -> tuple[np.ndarray, ...]:
-        fmap = self.trunk.body.forward_blocks(batch.pixels, upto=self.upto).float()
+        with autocast(self.device, self.precision):
+            fmap = self.trunk.body.forward_blocks(batch.pixels, upto=self.upto).float()
         b, c, h, w = fmap.shape
         valid = batch.valid_mask(stride=self.stride, feat_hw=(h, w)).reshape(b, -1)
         flat = fmap.reshape(b, c, h * w).transpose(1, 2)  # (B, h*w, C)

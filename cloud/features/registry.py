@@ -37,11 +37,11 @@ FEATURE_EXTRACTORS: Registry[ExtractorFactory] = Registry("feature extractor")
 
 
 def _gem_lite(variant: str, name: str) -> ExtractorFactory:
-    def build(*, max_side: int = 384, p: float = 3.0, batch_size: int = 16,
-              device: str | torch.device = "cpu") -> FeatureExtractor:
+    def build(*, max_side: int = 384, p: float = 3.0, batch_size: int = 16, device: str | torch.device = "cpu",
+              precision: str = "fp32", channels_last: bool = False) -> FeatureExtractor:
         trunk = create_trunk(variant, pretrained=True)
-        return GemGlobalExtractor(name=name, trunk=trunk, max_side=max_side, p=p,
-                                  batch_size=batch_size, device=device)
+        return GemGlobalExtractor(name=name, trunk=trunk, max_side=max_side, p=p, batch_size=batch_size,
+                                  device=device, precision=precision, channels_last=channels_last)
 
     return build
 
@@ -52,10 +52,12 @@ FEATURE_EXTRACTORS.register("gem_lite2")(_gem_lite("efficientnet_lite2", "gem_li
 
 @FEATURE_EXTRACTORS.register("local_lite2")
 def _local_lite2(*, max_local: int = 256, max_side: int = 384, batch_size: int = 8,
-                 device: str | torch.device = "cpu") -> FeatureExtractor:
+                 device: str | torch.device = "cpu", precision: str = "fp32",
+                 channels_last: bool = False) -> FeatureExtractor:
     trunk = create_trunk("efficientnet_lite2", pretrained=True)
-    return LiteMapLocalExtractor(name="local_lite2", trunk=trunk, max_local=max_local,
-                                 max_side=max_side, batch_size=batch_size, device=device)
+    return LiteMapLocalExtractor(name="local_lite2", trunk=trunk, max_local=max_local, max_side=max_side,
+                                 batch_size=batch_size, device=device, precision=precision,
+                                 channels_last=channels_last)
 
 
 @FEATURE_EXTRACTORS.register("sift")
@@ -104,22 +106,35 @@ def _model_spec_option(value: ModelSpec | str | None) -> ModelSpec | None:
 @FEATURE_EXTRACTORS.register("gem_torchvision")
 def _gem_torchvision(*, arch: str = "resnet50", weights_path: str | os.PathLike[str] | None = None,
                      allow_random_weights: bool = False, max_side: int = 384, p: float = 3.0,
-                     batch_size: int = 16, device: str | torch.device = "cpu") -> FeatureExtractor:
+                     batch_size: int = 16, device: str | torch.device = "cpu", precision: str = "fp32",
+                     channels_last: bool = False) -> FeatureExtractor:
     if weights_path is None and not allow_random_weights:
         require_weights_path(arch, weights_path)
     trunk = create_trunk(arch, pretrained=False, weights_path=weights_path)
-    return GemGlobalExtractor(name=f"gem_{arch}", trunk=trunk, max_side=max_side, p=p,
-                              batch_size=batch_size, device=device)
+    return GemGlobalExtractor(name=f"gem_{arch}", trunk=trunk, max_side=max_side, p=p, batch_size=batch_size,
+                              device=device, precision=precision, channels_last=channels_last)
+
+
+def extractor_options(name: str) -> set[str]:
+    """The keyword options extractor ``name`` takes (``device`` included).
+
+    Raises:
+        UnknownNameError: unknown name.
+    """
+    return set(inspect.signature(FEATURE_EXTRACTORS.get(name)).parameters)
 
 
 def create_feature_extractor(name: str, *, device: str | torch.device = "cpu", **kwargs: object) -> FeatureExtractor:
     """Build a frozen gallery extractor by name (see the module table).
 
+    The CNN extractors (``gem_*``, ``local_lite2``) also take ``precision`` (``fp32``, ``bf16``,
+    ``fp16`` on CUDA: autocast of the forward) and ``channels_last``.
+
     Raises:
         UnknownNameError: unknown name. ConfigError: an option the extractor does not take.
     """
     factory = FEATURE_EXTRACTORS.get(name)
-    accepted = set(inspect.signature(factory).parameters)
+    accepted = extractor_options(name)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ConfigError(f"feature extractor {name!r} does not take {unknown}; it takes {sorted(accepted)}")
