@@ -103,11 +103,29 @@ def process_group(env: DistEnv, device: torch.device, *, timeout_s: float | None
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = None if timeout_s is None else datetime.timedelta(seconds=float(timeout_s))
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout)
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout,
+                            store=_attempt_store(env, timeout))
     try:
         yield env
     finally:
         dist.destroy_process_group()
+
+
+def _attempt_store(env: DistEnv, timeout: datetime.timedelta | None) -> dist.Store | None:
+    """The rendezvous store under a prefix of torchrun's restart count (None before any restart).
+
+    After ``torchrun --max-restarts`` restarts the workers, the agent's store still holds the
+    process-group keys of the dead attempt; gloo then dials the dead ranks' addresses and fails
+    with "connectFullMesh ... Connection refused". A fresh key prefix per attempt avoids them.
+    """
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt == 0:
+        return None
+    from torch.distributed.rendezvous import rendezvous
+
+    kwargs = {} if timeout is None else {"timeout": timeout}
+    store, _, _ = next(rendezvous("env://", env.rank, env.world_size, **kwargs))
+    return dist.PrefixStore(f"asymfuse/attempt_{attempt}", store)
 
 
 def barrier(env: DistEnv, *, timeout_s: float | None = None, what: str = "a barrier") -> None:
