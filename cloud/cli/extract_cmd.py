@@ -65,11 +65,13 @@ def extractor_kwargs(args: argparse.Namespace, accepted: set[str], device: objec
     kwargs = dict(parse_options(args.option))
     if "batch_size" in accepted and args.batch_size is not None:
         kwargs.setdefault("batch_size", args.batch_size)
-    channels_last = args.channels_last if args.channels_last is not None else getattr(device, "type", "") == "cuda"
-    for key, value, default in (("precision", args.precision, "fp32"), ("channels_last", channels_last, False)):
+    if "channels_last" in accepted:  # default: on for CUDA
+        auto = getattr(device, "type", "") == "cuda"
+        kwargs.setdefault("channels_last", auto if args.channels_last is None else args.channels_last)
+    for key, value, default in (("precision", args.precision, "fp32"), ("channels_last", args.channels_last, None)):
         if key in accepted:
             kwargs.setdefault(key, value)
-        elif value != default:
+        elif value not in (default, False):
             raise ConfigError(f"extractor {args.extractor!r} has no {key} option; drop --{key.replace('_', '-')} "
                               "(the CNN extractors gem_* and local_lite2 take it)")
     return kwargs
