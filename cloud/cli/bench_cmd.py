@@ -1,7 +1,8 @@
 """``asymfuse bench``: benchmarks that compose the packages; ``bench aff`` runs the AFF ablations,
 ``bench ames`` the AMES re-ranking tables, ``bench ames-latency`` the AMES scorer kinds' latency,
 ``bench export`` the exported query nets (parity and speed), ``bench serve`` the searcher,
-``bench edge`` the torch-free edge SDK (embed and end-to-end latency, install size)."""
+``bench edge`` the torch-free edge SDK (embed and end-to-end latency, install size), ``bench extract``
+gallery extraction throughput for 1 and 2 processes (torchrun)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="override a bench key (targets, threads, runs, gallery, factory, e2e_queries, top_m, "
                            "input_size, ...); repeatable")
     edge.set_defaults(func=run_edge)
+    ext = benches.add_parser("extract", help="gallery extraction img/s for 1 and 2 processes (torchrun), scaling "
+                                             "efficiency, decode and model stages alone; real photos and weights")
+    ext.add_argument("--quick", action="store_true", help="the quick tier (96 photos at 256 px, under 2 min on 2 CPUs)")
+    ext.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: gem_lite2, bf16, batch 64, 4 workers; "
+                                                     "one GPU per process)")
+    ext.add_argument("--out", default=None, help="output folder (default runs/bench/extract or "
+                                                 "runs/bench/extract-quick)")
+    ext.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                     help="override a bench key (extractor, images, max_side, procs, workers, threads, batch_size, "
+                          "shard_size, precision, ...); repeatable")
+    ext.set_defaults(func=run_extract)
     lat = benches.add_parser("ames-latency", help="ms to re-score one query's top-100 (L_q = L_x = 64) per AMES "
                                                   "scorer kind (fp32, batched, int8, bf16); synthetic, < 1 min")
     lat.add_argument("--kinds", default=None, help="comma-separated scorer kinds (default: fp32,batched,int8 on "
@@ -133,6 +145,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from asymfuse.cloud.bench.serve_bench import ServeBenchConfig, run_serve_bench
 
     return _run_table_bench(args, "serve", ServeBenchConfig, run_serve_bench)
+
+
+def run_extract(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.bench.extract_bench import ExtractBenchConfig, run_extract_bench
+
+    return _run_table_bench(args, "extract", ExtractBenchConfig, run_extract_bench, device=args.device)
 
 
 def run_ames_latency(args: argparse.Namespace) -> int:
