@@ -93,6 +93,19 @@ def test_serving_code_imports_no_training_code():
     assert not bad, "serving code must not import training, bench, demo or CLI code:\n" + "\n".join(bad)
 
 
+# Feature extraction sits below training: what both need (process groups, devices) lives in cloud/.
+FEATURES = ("cloud/features", "cloud/data")
+FEATURES_MAY_NOT_IMPORT = ("asymfuse.cloud.train", "asymfuse.cloud.bench", "asymfuse.cloud.demo",
+                           "asymfuse.cloud.cli", "asymfuse.cloud.service")
+
+
+def test_feature_extraction_imports_no_training_code():
+    bad = [f"{path.relative_to(ROOT)} imports {name}" for folder in FEATURES
+           for path in sorted((ROOT / folder).rglob("*.py")) for name in imports_of(path)
+           if name.startswith(FEATURES_MAY_NOT_IMPORT)]
+    assert not bad, "features and data must not import training, bench, demo, CLI or service code:\n" + "\n".join(bad)
+
+
 def _module_graph() -> dict[str, set[str]]:
     """``asymfuse.x.y`` -> the asymfuse modules it imports (``from pkg import mod`` counts as ``pkg.mod``)."""
     files = {}
