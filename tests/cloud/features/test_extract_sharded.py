@@ -134,7 +134,7 @@ def test_a_damaged_part_is_redone_and_a_merge_cut_short_is_finished(tmp_path, im
     last = MeanColour()
     store = extract_sharded(last, images, root, options=opts())
     assert last.seen == 0 and len(store) == len(images)
-    ref = extract_to_store(MeanColour(), images, tmp_path / "ref", batch_size=2, shard_size=3, progress=False)
+    extract_to_store(MeanColour(), images, tmp_path / "ref", batch_size=2, shard_size=3, progress=False)
     assert manifest(root) == manifest(tmp_path / "ref")
 
 
