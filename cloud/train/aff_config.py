@@ -59,6 +59,8 @@ class TrainConfig:
     local_tokens: int = 64              # top-weighted local descriptors per image the mixer sees
     mixer_start: str = "pca"            # random (paper) | pca: start as the PCA-whitened concat
     start_views: int = 2                # crops per training image with gallery features, for the starts
+    fusion_weights: tuple[float, ...] = ()  # per gallery feature, in order: its share of the PCA start (() = 1 each)
+    start_shrink: float = 0.0           # shrinkage of the start's whitening (0 = full whitening)
     query_arch: str = "efficientnet_lite0"
     query_pooling: str = "gem_l2"       # gem (paper) | gem_l2: GeM then L2 before the whitening layer
     query_start: str = "ridge"          # random (paper) | ridge: whitening fitted onto the gallery targets
@@ -123,6 +125,18 @@ class TrainConfig:
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
         object.__setattr__(self, "gallery_features", tuple(self.gallery_features))
+        object.__setattr__(self, "fusion_weights", tuple(self.fusion_weights))
+        if self.fusion_weights:
+            if len(self.fusion_weights) != len(self.gallery_features):
+                raise ConfigError(f"fusion_weights has {len(self.fusion_weights)} values for gallery_features "
+                                  f"{list(self.gallery_features)}; give one weight per feature, or () for equal weights")
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
+                       for w in self.fusion_weights):
+                raise ConfigError(f"fusion_weights must be finite numbers > 0, got {list(self.fusion_weights)}")
+        if (self.fusion_weights or self.start_shrink) and (
+                self.mixer == "mlp" or (self.mixer == "transformer" and self.mixer_start != "pca")):
+            raise ConfigError("fusion_weights and start_shrink shape the PCA start; they need mixer=concat or "
+                              "mixer_start=pca")
         for name in ("embed_dim", "mixer_layers", "mixer_heads", "local_tokens", "input_size", "epochs",
                      "batch_size", "csd_k", "val_every", "log_every", "classifier_epochs"):
             check_positive_int(name, getattr(self, name))
@@ -140,7 +154,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("weight_decay", "momentum", "grad_clip", "arcface_margin", "lce_boundary_weight",
-                     "select_min_delta"):
+                     "select_min_delta", "start_shrink"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.scheme != "symmetric" and not self.gallery_features:

@@ -191,11 +191,13 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 def mixer_kwargs(cfg: TrainConfig) -> dict:
     """The registry kwargs of ``cfg.mixer``."""
     if cfg.mixer == "transformer":
+        anchor = cfg.mixer_start == "pca"
+        start = {"anchor_weights": cfg.fusion_weights, "anchor_shrink": cfg.start_shrink} if anchor else {}
         return {"layers": cfg.mixer_layers, "heads": cfg.mixer_heads, "mlp_ratio": cfg.mixer_mlp_ratio,
-                "anchor": cfg.mixer_start == "pca"}
+                "anchor": anchor, **start}
     if cfg.mixer == "mlp":
         return {"hidden": int(cfg.mixer_mlp_ratio * cfg.embed_dim)}
-    return {"whiten": True}
+    return {"whiten": True, "input_weights": cfg.fusion_weights, "shrink": cfg.start_shrink}
 
 
 def build_query_net(cfg: TrainConfig, *, embed_dim: int, device: torch.device) -> QueryNet:

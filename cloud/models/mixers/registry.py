@@ -3,9 +3,11 @@
 =============== ======================================== =============================================
 name            class                                    options (defaults)
 =============== ======================================== =============================================
-``transformer`` :class:`~.transformer.TransformerMixer`  ``layers=4, heads=8, mlp_ratio=2.0`` (AFF)
+``transformer`` :class:`~.transformer.TransformerMixer`  ``layers=4, heads=8, mlp_ratio=2.0`` (AFF),
+                                                         ``anchor=False, anchor_weights=(), anchor_shrink=0``
 ``mlp``         :class:`~.mlp.MLPMixer`                  ``hidden=2*embed_dim, layers=2``
-``concat``      :class:`~.concat.ConcatMixer`            ``whiten=True`` (needs ``fit``; not trainable)
+``concat``      :class:`~.concat.ConcatMixer`            ``whiten=True, input_weights=(), shrink=0``
+                                                         (needs ``fit``; not trainable)
 =============== ======================================== =============================================
 
 Initialisation depends on ``seed`` only: parameters are drawn from an explicit CPU

@@ -77,7 +77,8 @@ class TransformerMixer(Mixer):
     trainable = True
 
     def __init__(self, *, schema: GallerySchema, embed_dim: int, layers: int = 4, heads: int = 8,
-                 mlp_ratio: float = 2.0, anchor: bool = False) -> None:
+                 mlp_ratio: float = 2.0, anchor: bool = False, anchor_weights: tuple[float, ...] = (),
+                 anchor_shrink: float = 0.0) -> None:
         """
         Args:
             schema: the K global + M local inputs.
@@ -88,6 +89,8 @@ class TransformerMixer(Mixer):
             anchor: start from the PCA-whitened concatenation (see the module docstring); then
                 :meth:`fit` must run on training rows before ``forward``, and
                 ``d <= sum of the input dimensions``.
+            anchor_weights, anchor_shrink: the anchor's ``input_weights`` and ``shrink``
+                (:class:`~asymfuse.cloud.models.mixers.concat.ConcatMixer`); anchor only.
 
         Raises:
             ConfigError: a non-positive size, ``embed_dim`` not divisible by ``heads``, ``anchor`` not a
@@ -102,6 +105,12 @@ class TransformerMixer(Mixer):
         options = {"layers": layers, "heads": heads, "mlp_ratio": float(mlp_ratio)}
         if anchor:  # recorded only when on, so configs written before the option still match
             options["anchor"] = True
+        if (anchor_weights or anchor_shrink) and not anchor:
+            raise ConfigError("transformer mixer: anchor_weights / anchor_shrink need anchor=True")
+        if anchor_weights:
+            options["anchor_weights"] = list(anchor_weights)
+        if anchor_shrink:
+            options["anchor_shrink"] = float(anchor_shrink)
         super().__init__(schema=schema, embed_dim=embed_dim, options=options)
         if embed_dim % heads:
             raise ConfigError(f"transformer mixer: embed_dim={embed_dim} must be divisible by heads={heads}; "
@@ -111,7 +120,8 @@ class TransformerMixer(Mixer):
         self.local_proj = nn.ModuleList(nn.Linear(s.dim, embed_dim) for s in schema.local_slots)
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.blocks = nn.ModuleList(PostLNBlock(embed_dim=embed_dim, heads=heads, hidden=hidden) for _ in range(layers))
-        self.anchor = ConcatMixer(schema=schema, embed_dim=embed_dim, whiten=True) if anchor else None
+        self.anchor = ConcatMixer(schema=schema, embed_dim=embed_dim, whiten=True, input_weights=tuple(anchor_weights),
+                                  shrink=anchor_shrink) if anchor else None
         self.out_proj = nn.Linear(embed_dim, embed_dim) if anchor else None
 
     def reset_parameters(self, *, generator: torch.Generator) -> None:

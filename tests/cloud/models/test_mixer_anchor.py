@@ -65,3 +65,21 @@ def test_plain_mixer_config_has_no_anchor_key_and_bad_anchor_is_refused():
     wide = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=2, heads=4, anchor=True)
     with pytest.raises(ConfigError, match="dim"):
         wide.fit(make_inputs(10, seed=5))  # 10 rows cannot whiten to 32 dims
+
+
+def test_anchor_weights_and_shrink_reach_the_anchor_and_round_trip():
+    train, x = make_inputs(80, seed=1), make_inputs(9, seed=2)
+    kw = {"input_weights": (1.0, 0.5, 1.0, 0.5), "shrink": 0.1}
+    concat = create_mixer("concat", schema=SCHEMA, embed_dim=DIM, whiten=True, **kw)
+    concat.fit(train)
+    mixer = create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, layers=2, heads=4, anchor=True,
+                         anchor_weights=kw["input_weights"], anchor_shrink=kw["shrink"])
+    mixer.fit(train)
+    mixer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x), concat(x), atol=1e-6, rtol=0)
+        rebuilt = mixer_from_config(mixer.config())
+        rebuilt.load_state_dict(mixer.state_dict())
+        torch.testing.assert_close(rebuilt.eval()(x), mixer(x), atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="need anchor=True"):
+        create_mixer("transformer", schema=SCHEMA, embed_dim=DIM, anchor_shrink=0.1)

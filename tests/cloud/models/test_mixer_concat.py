@@ -129,3 +129,45 @@ def test_fit_is_deterministic_including_eigenvector_signs():
     assert torch.equal(a.projection, b.projection)
     col_max = a.projection.abs().argmax(dim=0)
     assert (a.projection[col_max, torch.arange(12)] > 0).all()
+
+
+def test_input_weights_and_shrink_match_numpy():
+    """Weighted concatenation (still unit-norm) and shrinkage whitening, against a NumPy reference."""
+    weights, shrink = (1.0, 0.5, 2.0, 0.25), 0.3
+    mixer = create_mixer("concat", schema=SCHEMA, embed_dim=20, whiten=True, input_weights=weights, shrink=shrink)
+    train, test = make_inputs(300, seed=1, full=True), make_inputs(9, seed=2, full=True)
+    mixer.fit(train)
+    dims = [s.dim for s in SCHEMA.slots]
+    scale = np.repeat(np.asarray(weights), dims) * np.sqrt(len(weights)) / np.linalg.norm(weights)
+
+    def weighted(x: FusionInputs) -> np.ndarray:
+        return numpy_concat(x) * scale
+
+    np.testing.assert_allclose(mixer.concatenate(test).norm(dim=1).numpy(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(mixer.concatenate(test).numpy(), weighted(test), atol=1e-6)
+    t = weighted(train)
+    mu = t.mean(0)
+    evals, evecs = np.linalg.eigh(np.cov(t, rowvar=False))
+    order = np.argsort(evals)[::-1][:20]
+    evals, evecs = evals[order], evecs[:, order]
+    proj = evecs / np.sqrt(evals + 1e-6 * evals[0] + shrink * evals.mean())
+    signs = np.sign(np.sum(mixer.projection.double().numpy() * proj, axis=0))
+    np.testing.assert_allclose(mixer.projection.numpy(), proj * signs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(mixer(test).numpy(), unit((weighted(test) - mu) @ proj * signs), atol=1e-5)
+    cfg = mixer.config()
+    assert cfg["kwargs"]["input_weights"] == list(weights) and cfg["kwargs"]["shrink"] == shrink
+    rebuilt = mixer_from_config(cfg)
+    rebuilt.load_state_dict(mixer.state_dict())
+    np.testing.assert_allclose(rebuilt(test).numpy(), mixer(test).numpy(), atol=0)
+    assert "input_weights" not in build().config()["kwargs"]  # unset options are not recorded
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"input_weights": (1.0, 2.0)}, "2 values for the 4 inputs"),
+    ({"input_weights": (1.0, 0.0, 1.0, 1.0)}, "finite numbers > 0"),
+    ({"input_weights": (1.0, float("nan"), 1.0, 1.0)}, "finite numbers > 0"),
+    ({"shrink": -0.1}, "shrink must be a number >= 0"),
+])
+def test_bad_input_weights_or_shrink_are_refused(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        create_mixer("concat", schema=SCHEMA, embed_dim=20, whiten=True, **kwargs)

@@ -46,3 +46,21 @@ def test_linear_and_cosine_schedules_by_hand():
     assert lr_factor("cosine", step=5, total=10) == pytest.approx(0.5)
     assert lr_factor("linear", step=0, total=10, warmup=2) == 0.5
     assert lr_factor("constant", step=9, total=10) == 1.0
+
+
+def test_fusion_weights_and_start_shrink_are_checked_and_reach_the_mixer():
+    from asymfuse.cloud.train.aff_setup import mixer_kwargs
+
+    cfg = TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=[1, 0.5], start_shrink=0.1)
+    assert cfg.fusion_weights == (1, 0.5)
+    assert mixer_kwargs(cfg)["anchor_weights"] == (1, 0.5) and mixer_kwargs(cfg)["anchor_shrink"] == 0.1
+    concat = cfg.replace(mixer="concat")
+    assert mixer_kwargs(concat) == {"whiten": True, "input_weights": (1, 0.5), "shrink": 0.1}
+    with pytest.raises(ConfigError, match="one weight per feature"):
+        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0,))
+    with pytest.raises(ConfigError, match="finite numbers > 0"):
+        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0, -1.0))
+    with pytest.raises(ConfigError, match="start_shrink must be >= 0"):
+        TrainConfig(start_shrink=-1.0)
+    with pytest.raises(ConfigError, match="mixer_start=pca"):
+        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0, 0.5), mixer_start="random")
