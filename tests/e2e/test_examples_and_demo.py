@@ -89,13 +89,14 @@ def test_readme_demo_command(tmp_path):
     rows = report["rows"]
     assert len(rows) == 17 and report["dataset"]["queries"] >= 20
     assert [r["kind"] for r in rows[9:11]] == ["AMES re-ranking", "AMES re-ranking"]
-    # Quality floors (measured on 2 CPU cores: gem_lite1 71.31, AFF start and trained symmetric 71.65,
-    # asymmetric Lite0@128 34.91; the random-start recipe gave 42.85 / 8.28). A regression fails here.
+    # Quality floors (measured on 2 CPU cores: gem_lite1 71.25, AFF start symmetric 71.46 and asymmetric
+    # Lite0@128 49.60 with 8 crop views, SIFT at half weight, shrink 0.1 and ridge 3; session 6's start gave
+    # 71.65 / 34.91, the random-start recipe 42.85 / 8.28). Margin: 4.6 points on asymmetric. A regression fails here.
     by_kind = {r["kind"]: r["mAP_medium"] for r in rows[5:11] if r["kind"] != "AMES re-ranking"}
     best_input = rows[0]["mAP_medium"]  # gem_lite1, the mixer's best input
     assert by_kind["AFF symmetric"] >= best_input - 0.5, (by_kind, best_input)
     assert by_kind["AFF symmetric"] >= by_kind["AFF start (closed form) symmetric"] - 0.5
-    assert by_kind["AFF asymmetric"] >= 32.0, by_kind
+    assert by_kind["AFF asymmetric"] >= 45.0, by_kind
     assert by_kind["AFF asymmetric"] >= by_kind["AFF start (closed form) asymmetric"] - 1.0
     assert rows[9]["mAP_medium"] >= rows[7]["mAP_medium"] - 0.5  # AMES never costs more than noise
     assert rows[11]["kind"] == "gRPC searcher" and rows[11]["mAP_medium"] == pytest.approx(rows[10]["mAP_medium"])
