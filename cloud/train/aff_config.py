@@ -59,7 +59,8 @@ class TrainConfig:
     local_tokens: int = 64              # top-weighted local descriptors per image the mixer sees
     mixer_start: str = "pca"            # random (paper) | pca: start as the PCA-whitened concat
     start_views: int = 2                # crops per training image with gallery features, for the starts
-    fusion_weights: tuple[float, ...] = ()  # per gallery feature, in order: its share of the PCA start (() = 1 each)
+    fusion_weights: tuple[tuple[str, float], ...] = ()  # (feature, weight) pairs: its share of the PCA start
+                                        # (an unlisted feature weighs 1; a listed one not in gallery_features is unused)
     start_shrink: float = 0.0           # shrinkage of the start's whitening (0 = full whitening)
     query_arch: str = "efficientnet_lite0"
     query_pooling: str = "gem_l2"       # gem (paper) | gem_l2: GeM then L2 before the whitening layer
@@ -125,15 +126,9 @@ class TrainConfig:
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
         object.__setattr__(self, "gallery_features", tuple(self.gallery_features))
-        object.__setattr__(self, "fusion_weights", tuple(self.fusion_weights))
-        if self.fusion_weights:
-            if len(self.fusion_weights) != len(self.gallery_features):
-                raise ConfigError(f"fusion_weights has {len(self.fusion_weights)} values for gallery_features "
-                                  f"{list(self.gallery_features)}; give one weight per feature, or () for equal weights")
-            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
-                       for w in self.fusion_weights):
-                raise ConfigError(f"fusion_weights must be finite numbers > 0, got {list(self.fusion_weights)}")
-        if (self.fusion_weights or self.start_shrink) and (
+        object.__setattr__(self, "fusion_weights", check_fusion_weights(self.fusion_weights))
+        used = [name for name, _ in self.fusion_weights if name in self.gallery_features]
+        if (used or self.start_shrink) and (
                 self.mixer == "mlp" or (self.mixer == "transformer" and self.mixer_start != "pca")):
             raise ConfigError("fusion_weights and start_shrink shape the PCA start; they need mixer=concat or "
                               "mixer_start=pca")
@@ -205,3 +200,26 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
         gf = values["gallery_features"]
         values["gallery_features"] = (gf,) if isinstance(gf, str) else tuple(gf)
     return build_config(TrainConfig, values, what="training config")
+
+
+def check_fusion_weights(value: object) -> tuple[tuple[str, float], ...]:
+    """``fusion_weights`` as sorted ``(feature, weight)`` pairs; a dict or a list of pairs is accepted.
+
+    Raises:
+        ConfigError: not pairs of a feature name and a finite number > 0, or a name given twice.
+    """
+    items = list(value.items()) if isinstance(value, dict) else list(value)  # type: ignore[call-overload]
+    pairs = []
+    for item in items:
+        if (isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2
+                or not isinstance(item[0], str)):
+            raise ConfigError(f"fusion_weights must be (feature name, weight) pairs such as (('sift', 0.5),), "
+                              f"got {value!r}")
+        name, weight = item
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise ConfigError(f"fusion_weights: the weight of {name!r} must be a finite number > 0, got {weight!r}")
+        pairs.append((name, float(weight)))
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"fusion_weights names a feature twice: {names}")
+    return tuple(sorted(pairs))

@@ -17,7 +17,7 @@ from asymfuse.cloud.embed import fuse_table
 from asymfuse.cloud.features.gallery_table import GalleryTable, load_gallery_table
 from asymfuse.cloud.features.registry import FEATURE_EXTRACTORS
 from asymfuse.cloud.losses import fit_gallery_classifier
-from asymfuse.cloud.models.fusion import FusionInputs
+from asymfuse.cloud.models.fusion import FusionInputs, GallerySchema
 from asymfuse.cloud.models.mixers import create_mixer
 from asymfuse.cloud.models.query_net import QueryNet, create_query_net
 from asymfuse.cloud.train.aff_config import SINGLE_GALLERY_SCHEMES, TrainConfig
@@ -188,16 +188,32 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def mixer_kwargs(cfg: TrainConfig) -> dict:
-    """The registry kwargs of ``cfg.mixer``."""
+def slot_weights(cfg: TrainConfig, schema: GallerySchema) -> tuple[float, ...]:
+    """``cfg.fusion_weights`` in the schema's slot order (``()`` when every input weighs 1).
+
+    Raises:
+        ConfigError: a weighted gallery feature that is not a slot of ``schema``.
+    """
+    weights = {n: w for n, w in cfg.fusion_weights if n in cfg.gallery_features}
+    names = [s.name for s in schema.slots]
+    missing = sorted(set(weights) - set(names))
+    if missing:
+        raise ConfigError(f"fusion_weights names {missing}, but the gallery inputs are {names}; weight those names")
+    out = tuple(weights.get(n, 1.0) for n in names)
+    return () if all(w == 1.0 for w in out) else out
+
+
+def mixer_kwargs(cfg: TrainConfig, schema: GallerySchema | None = None) -> dict:
+    """The registry kwargs of ``cfg.mixer`` (``schema`` orders the fusion weights; none = no weights)."""
+    weights = slot_weights(cfg, schema) if schema is not None else ()
     if cfg.mixer == "transformer":
         anchor = cfg.mixer_start == "pca"
-        start = {"anchor_weights": cfg.fusion_weights, "anchor_shrink": cfg.start_shrink} if anchor else {}
+        start = {"anchor_weights": weights, "anchor_shrink": cfg.start_shrink} if anchor else {}
         return {"layers": cfg.mixer_layers, "heads": cfg.mixer_heads, "mlp_ratio": cfg.mixer_mlp_ratio,
                 "anchor": anchor, **start}
     if cfg.mixer == "mlp":
         return {"hidden": int(cfg.mixer_mlp_ratio * cfg.embed_dim)}
-    return {"whiten": True, "input_weights": cfg.fusion_weights, "shrink": cfg.start_shrink}
+    return {"whiten": True, "input_weights": weights, "shrink": cfg.start_shrink}
 
 
 def build_query_net(cfg: TrainConfig, *, embed_dim: int, device: torch.device) -> QueryNet:
@@ -218,7 +234,7 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
     start_x = start_labels = None  # start-space rows, computed once for the query head and the classifier
     if cfg.trains_mixer:
         mixer = create_mixer(cfg.mixer, schema=table.schema, embed_dim=cfg.embed_dim, seed=cfg.seed,
-                             **mixer_kwargs(cfg))
+                             **mixer_kwargs(cfg, table.schema))
         # the PCA whitening of concat, or of the anchored transformer's start, learnt on the training
         # rows (plus the crop views' rows when there are any)
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from asymfuse.cloud.train.aff_config import SCHEMES, TrainConfig, config_from_dict
@@ -49,18 +51,27 @@ def test_linear_and_cosine_schedules_by_hand():
 
 
 def test_fusion_weights_and_start_shrink_are_checked_and_reach_the_mixer():
+    from asymfuse.cloud.models.fusion import FeatureSlot, GallerySchema
     from asymfuse.cloud.train.aff_setup import mixer_kwargs
 
-    cfg = TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=[1, 0.5], start_shrink=0.1)
-    assert cfg.fusion_weights == (1, 0.5)
-    assert mixer_kwargs(cfg)["anchor_weights"] == (1, 0.5) and mixer_kwargs(cfg)["anchor_shrink"] == 0.1
-    concat = cfg.replace(mixer="concat")
-    assert mixer_kwargs(concat) == {"whiten": True, "input_weights": (1, 0.5), "shrink": 0.1}
-    with pytest.raises(ConfigError, match="one weight per feature"):
-        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0,))
-    with pytest.raises(ConfigError, match="finite numbers > 0"):
-        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0, -1.0))
+    schema = GallerySchema(slots=(FeatureSlot("gem_lite1", "global", 8), FeatureSlot("sift", "local", 4, max_local=3)))
+    cfg = TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights={"sift": 0.5}, start_shrink=0.1)
+    assert cfg.fusion_weights == (("sift", 0.5),)
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # JSON lists come back as pairs
+    kw = mixer_kwargs(cfg, schema)
+    assert kw["anchor_weights"] == (1.0, 0.5) and kw["anchor_shrink"] == 0.1
+    assert mixer_kwargs(cfg.replace(mixer="concat"), schema) == {"whiten": True, "input_weights": (1.0, 0.5),
+                                                                  "shrink": 0.1}
+    # a single-gallery baseline of the same tier: the weight of a feature it does not use is unused
+    single = cfg.replace(scheme="bct", gallery_features=("gem_lite1",))
+    assert mixer_kwargs(single, GallerySchema(slots=schema.slots[:1]))["anchor_weights"] == ()
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(("sift", -1.0),))
+    with pytest.raises(ConfigError, match="pairs"):
+        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0, 0.5))
     with pytest.raises(ConfigError, match="start_shrink must be >= 0"):
         TrainConfig(start_shrink=-1.0)
     with pytest.raises(ConfigError, match="mixer_start=pca"):
-        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0, 0.5), mixer_start="random")
+        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights={"sift": 0.5}, mixer_start="random")
+    with pytest.raises(ConfigError, match="gallery inputs are"):
+        mixer_kwargs(cfg, GallerySchema(slots=(schema.slots[0], FeatureSlot("orb", "local", 4, max_local=3))))
