@@ -111,7 +111,7 @@ def _check_grid_inputs(dataset: RetrievalDataset, topm: np.ndarray, global_score
 
 def select_ensemble(*, dataset: RetrievalDataset, global_scores: np.ndarray, topm: np.ndarray, logits: np.ndarray,
                     full_ranks: np.ndarray | None = None, lams: Sequence[float] = LAMS,
-                    gammas: Sequence[float] = GAMMAS, metric: str = "mAP_medium"
+                    gammas: Sequence[float] = GAMMAS, metric: str = "mAP_medium", min_gain: float = 0.0
                     ) -> tuple[float, float, list[dict[str, Any]]]:
     """Grid search of ``(lam, gamma)`` maximising ``metric`` of the re-ranked search (use the val split).
 
@@ -122,6 +122,9 @@ def select_ensemble(*, dataset: RetrievalDataset, global_scores: np.ndarray, top
         full_ranks: ``(R, nq)`` the global ranking whose first ``m`` rows are ``topm.T``; its rows
             ``m:`` follow the re-ranked head. None: rank only the top-``m``.
         lams, gammas: the grid; ``metric``: a key of :func:`evaluate_ranking`'s result.
+        min_gain: points of ``metric`` the best re-ranked pair must add over ``lam = 1`` (the global
+            score alone) to be chosen; below it the re-ranker is switched off (``lam = 1``). On a
+            small val split a gain under its noise is no evidence that the re-ranker helps.
 
     Returns:
         ``(lam, gamma, grid)``: the best pair (ties: the first in grid order, ``lams`` outer) and one
@@ -133,6 +136,8 @@ def select_ensemble(*, dataset: RetrievalDataset, global_scores: np.ndarray, top
     """
     if not lams or not gammas:
         raise ConfigError("the lam/gamma grid is empty; give at least one value of each")
+    if isinstance(min_gain, bool) or not isinstance(min_gain, (int, float)) or not min_gain >= 0:
+        raise ConfigError(f"min_gain must be a number >= 0, got {min_gain!r}")
     for lam in lams:
         for gamma in gammas:
             check_weights(lam, gamma)
@@ -147,5 +152,9 @@ def select_ensemble(*, dataset: RetrievalDataset, global_scores: np.ndarray, top
                                   f"{sorted(metrics)}")
             grid.append({"lam": float(lam), "gamma": float(gamma), **metrics})
     values = np.array([float(row[metric]) for row in grid])
-    best = grid[int(np.argmax(np.where(np.isnan(values), -np.inf, values)))]  # first of the ties
+    values = np.where(np.isnan(values), -np.inf, values)
+    best = grid[int(np.argmax(values))]  # first of the ties
+    off = [i for i, row in enumerate(grid) if row["lam"] == 1.0]
+    if off and best["lam"] != 1.0 and values[int(np.argmax(values))] < values[off[0]] + min_gain:
+        best = grid[off[0]]
     return best["lam"], best["gamma"], grid

@@ -81,6 +81,17 @@ def test_select_ensemble_finds_the_planted_best():
     assert [row["mAP_medium"] for row in grid] == pytest.approx([25.0, 25.0, 25.0, 100.0, 25.0, 25.0])
 
 
+def test_select_ensemble_min_gain_switches_the_reranker_off_below_the_margin():
+    # The planted case above: the best pair (0.5, 8) scores 100 against 25 for lam = 1 (gain 75 points).
+    ds = dataset([{"easy": [0], "hard": [], "junk": []}], nb=3)
+    topm, gs, logits = np.array([[1, 0, 2]]), np.array([[0.9, 0.5, 0.0]]), np.array([[-1.0, 1.0, 2.0]])
+    kw = dict(dataset=ds, global_scores=gs, topm=topm, logits=logits, lams=(0.0, 0.5, 1.0), gammas=(0.5, 8.0))
+    assert select_ensemble(**kw, min_gain=74.9)[:2] == (0.5, 8.0)
+    assert select_ensemble(**kw, min_gain=75.1)[:2] == (1.0, 0.5)  # not enough: the global score alone
+    with pytest.raises(ConfigError, match="min_gain"):
+        select_ensemble(**kw, min_gain=-1.0)
+
+
 def test_select_ensemble_grid_matches_a_numpy_rerank():
     rng = np.random.default_rng(1)
     nq, nb, m = 4, 20, 8
