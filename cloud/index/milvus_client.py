@@ -123,3 +123,10 @@ def write_meta(client: Any, target: MilvusTarget, name: str, meta: IndexMeta, *,
     props = {META_PROPERTY: json.dumps(meta.to_dict(), sort_keys=True), STATE_PROPERTY: state}
     with translated(target, f"record the meta of {name}"):
         client.alter_collection_properties(name, properties=props, timeout=target.timeout_s)
+
+
+def flushed_rows(client: Any, target: MilvusTarget) -> int:
+    """Rows in collection ``target.collection`` after a flush (a build in progress: the loaded prefix)."""
+    with translated(target, f"flush {target.collection}"):
+        client.flush(target.collection, timeout=None)
+        return int(client.get_collection_stats(target.collection, timeout=target.timeout_s)["row_count"])

@@ -50,7 +50,16 @@ import numpy as np
 from asymfuse.cloud.index.faiss_index import UnknownIdError, check_ids
 from asymfuse.cloud.index.flat import as_float32_matrix
 from asymfuse.cloud.index.index_meta import IndexMeta
-from asymfuse.cloud.index.milvus_client import LOADING, READY, connect, pymilvus, read_meta, translated, write_meta
+from asymfuse.cloud.index.milvus_client import (
+    LOADING,
+    READY,
+    connect,
+    flushed_rows,
+    pymilvus,
+    read_meta,
+    translated,
+    write_meta,
+)
 from asymfuse.cloud.index.milvus_config import MAX_TOP_K, MilvusIndexConfig, MilvusTarget
 from asymfuse.edge.errors import ClosedError, ConfigError, ShapeError
 
@@ -214,6 +223,10 @@ class MilvusIndex:
                                                  consistency_level=self.target.consistency)
             found.update(int(r[ID]) for r in rows)
         return found
+
+    def flushed_rows(self) -> int:
+        """Rows after a flush (a bulk build in progress: the loaded prefix ``0 .. m-1``)."""
+        return flushed_rows(self._live_client(), self.target)
 
     # ------------------------------------------------------------------ writes
     def upsert(self, ids: object, vectors: object, metadata: Sequence[Mapping[str, str]] | None = None) -> int:

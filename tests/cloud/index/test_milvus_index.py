@@ -119,6 +119,7 @@ def test_hnsw_recall_at_100_on_20k_vectors(milvus_target):
     assert recall >= 0.95, recall
 
 
+@pytest.mark.slow  # ~8 s each: a flush, an IVF build and a load per type
 @pytest.mark.parametrize("index_type", ["IVF_FLAT", "IVF_SQ8", "IVF_PQ"])
 def test_ivf_index_types_build_and_search(milvus_target, index_type):
     xb = unit_vectors(3000, 32, seed=4)
