@@ -100,7 +100,8 @@ def milvus_rows(server: MilvusEndpoint, *, n: int, xb: np.ndarray, factories: Se
         for factory in factories:
             target = first.sibling(f"{base}_{factory.replace(',', '_')}")
             rows += _factory_rows(server, target, factory, xb=xb, keys=keys, space=space, entry=entry,
-                                  ames_files=ames_files, queries=queries, k=k, threads=threads, measure=measure, log=log)
+                                  ames_files=ames_files, queries=queries, k=k, threads=threads, measure=measure,
+                                  log=log)
     finally:
         _drop(first, prefix=base)
     return rows

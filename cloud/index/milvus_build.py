@@ -74,11 +74,11 @@ def build_milvus_index(features: Sequence[str | os.PathLike[str]], target: Milvu
         keys = [k for s in stores for k in s.ids]
         if len(set(keys)) != len(keys):
             raise ConfigError("an image id appears in two stores; index each image once")
-        ames_entry = ames_entry(ames, packed, keys=keys, lq=lq, lx=lx, lam=lam, gamma=gamma,
-                                 name=locals_collection(target.collection)) if ames else None
+        entry = ames_entry(ames, packed, keys=keys, lq=lq, lx=lx, lam=lam, gamma=gamma,
+                           name=locals_collection(target.collection)) if ames else None
         meta = IndexMeta(dim=dim, config=config.to_dict(), embedding_space_id=space,
                          model_spec=stores[0].meta.get("query_spec"),
-                         built_from=";".join(os.fspath(s.root) for s in stores), count=len(keys), ames=ames_entry)
+                         built_from=";".join(os.fspath(s.root) for s in stores), count=len(keys), ames=entry)
         index, resuming = _open_or_create(target, meta, log)
         if index is None:
             return meta
@@ -86,8 +86,8 @@ def build_milvus_index(features: Sequence[str | os.PathLike[str]], target: Milvu
             start = time.perf_counter()
             first = index.flushed_rows() if resuming else 0
             _load_vectors(index, stores, keys, batch_size=batch_size, first=first, log=log)
-            if ames_entry:
-                load_locals(target.sibling(ames_entry["collection"]), packed, ames_entry, set(keys), log=log)
+            if entry:
+                load_locals(target.sibling(entry["collection"]), packed, entry, set(keys), log=log)
             log(f"[index build] flushing, building the {config.index_type} index and loading {target.collection}")
             index.finish_build()
             log(f"[index build] {target.url}: {len(keys)} items ready in {time.perf_counter() - start:.1f} s")

@@ -84,7 +84,8 @@ class EmbeddedMilvus:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
-        raise MilvusStartError(f"the embedded Milvus was not healthy after {timeout_s:g} s; its log:\n{self.log_tail()}")
+        raise MilvusStartError(f"the embedded Milvus was not healthy after {timeout_s:g} s; its log:\n"
+                               f"{self.log_tail()}")
 
     @property
     def port(self) -> int:

@@ -72,7 +72,8 @@ class CandidateLocals:
 
 @runtime_checkable
 class KeyedLocals(Protocol):
-    """Gallery locals fetched per query by image key (e.g. :class:`~asymfuse.cloud.index.milvus_locals.MilvusLocals`)."""
+    """Gallery locals fetched per query by image key (the Milvus descriptor collection,
+    :class:`~asymfuse.cloud.index.milvus_locals.MilvusLocals`)."""
 
     def for_keys(self, keys: Sequence[str]) -> tuple[Any, np.ndarray]:
         """``(GalleryLocals source, rows)``: ``rows[i]`` indexes key ``i`` in the source, -1 when it has none."""
