@@ -14,6 +14,10 @@ With ``ames`` the same index also serves AMES re-ranking of the top 100 with a r
 checkpoint (128-d locals, the published architecture) over a packed store of synthetic codes
 (``lx`` = 48 per image); queries send ``lq`` synthetic local descriptors.
 
+Unless ``milvus="off"``, the same gallery is also served from Milvus collections (``milvus:<factory>``
+rows, :mod:`asymfuse.cloud.bench.serve_milvus`), on an embedded server started for the run or a
+given one.
+
 Vectors are a Gaussian mixture on the unit sphere (clustered, like real embeddings), dim 512.
 """
 
@@ -44,7 +48,8 @@ SPACE = "bench-serve-synthetic"
 DESCRIPTION = ("Synthetic unit vectors (Gaussian mixture, 1000 clusters), real index folders (faiss + write-ahead "
                "log), searched one query at a time in-process and by concurrent clients over gRPC on 127.0.0.1 "
                "(clients and server share one Python process). k = 100; recall@100 against exact search; AMES rows "
-               "re-rank the top 100 with a random binary AMES (synthetic codes, L_x = 48; L_q = 64).")
+               "re-rank the top 100 with a random binary AMES (synthetic codes, L_x = 48; L_q = 64). milvus:<factory> "
+               "rows: the same gallery in a Milvus collection with the matching index, served over milvus://.")
 QUICK: dict[str, Any] = {"sizes": (100_000,)}
 DEFAULT: dict[str, Any] = {"sizes": (100_000, 1_000_000)}
 TIERS = {"quick": QUICK, "default": DEFAULT}
