@@ -84,6 +84,7 @@ def test_urls_and_targets():
 
 
 def test_an_unreachable_server_fails_fast_with_a_clear_error():
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed: pip install 'asymfuse[milvus]'")
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
