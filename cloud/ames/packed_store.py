@@ -62,6 +62,28 @@ def _require_binary(model: AMES, what: str) -> None:
                           "use a binary checkpoint, or score float descriptors with ArrayLocals")
 
 
+def codes_to_tokens(model: AMES, codes: np.ndarray, counts: np.ndarray, *, length: int,
+                    device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Gallery tokens from packed codes (the body of :meth:`PackedLocalStore.tokens`, shared with
+    stores that fetch codes per query, e.g. :mod:`asymfuse.cloud.index.milvus_locals`).
+
+    Args:
+        codes: uint8 ``(n, L, bits // 8)``, valid slots first; counts: ``(n,)`` valid slots per item.
+        length: slots returned per item (the first ``min(count, length)`` valid ones, then padding).
+
+    Returns:
+        ``(tokens (n, length, model_dim), pad (n, length) bool)`` on ``device`` (see :meth:`PackedLocalStore.tokens`).
+    """
+    keep = min(length, codes.shape[1])
+    padded = np.zeros((codes.shape[0], length, codes.shape[2]), dtype=np.uint8)
+    padded[:, :keep] = codes[:, :keep]
+    dev = resolve_device(device)
+    pad = torch.from_numpy(np.arange(length)[None, :] >= np.asarray(counts)[:, None]).to(dev)
+    signs = unpack_signs_torch(torch.from_numpy(padded).to(dev)).masked_fill(pad[..., None], 1.0)
+    dtype = model.remap_local[1].weight.dtype
+    return model.project_signs(signs.to(dtype)), pad
+
+
 class PackedLocalStore:
     """Read-only packed binary gallery (see the module docstring); codes are memory-mapped.
 
@@ -217,14 +239,7 @@ class PackedLocalStore:
             raise ConfigError(f"length must be a positive int, got {length!r}")
         self._check_model_cached(model)
         codes, counts = self.get(indices)
-        keep = min(length, self.max_local)
-        padded = np.zeros((codes.shape[0], length, codes.shape[2]), dtype=np.uint8)
-        padded[:, :keep] = codes[:, :keep]
-        dev = resolve_device(device)
-        pad = torch.from_numpy(np.arange(length)[None, :] >= counts[:, None]).to(dev)
-        signs = unpack_signs_torch(torch.from_numpy(padded).to(dev)).masked_fill(pad[..., None], 1.0)
-        dtype = model.remap_local[1].weight.dtype
-        return model.project_signs(signs.to(dtype)), pad
+        return codes_to_tokens(model, codes, counts, length=length, device=device)
 
     def close(self) -> None:
         """Drop the memory map (arrays already returned stay valid). Idempotent."""

@@ -14,11 +14,16 @@ With ``ames`` the same index also serves AMES re-ranking of the top 100 with a r
 checkpoint (128-d locals, the published architecture) over a packed store of synthetic codes
 (``lx`` = 48 per image); queries send ``lq`` synthetic local descriptors.
 
+Unless ``milvus="off"``, the same gallery is also served from Milvus collections (``milvus:<factory>``
+rows, :mod:`asymfuse.cloud.bench.serve_milvus`), on an embedded server started for the run or a
+given one.
+
 Vectors are a Gaussian mixture on the unit sphere (clustered, like real embeddings), dim 512.
 """
 
 from __future__ import annotations
 
+import functools
 import resource
 import shutil
 import tempfile
@@ -43,7 +48,8 @@ SPACE = "bench-serve-synthetic"
 DESCRIPTION = ("Synthetic unit vectors (Gaussian mixture, 1000 clusters), real index folders (faiss + write-ahead "
                "log), searched one query at a time in-process and by concurrent clients over gRPC on 127.0.0.1 "
                "(clients and server share one Python process). k = 100; recall@100 against exact search; AMES rows "
-               "re-rank the top 100 with a random binary AMES (synthetic codes, L_x = 48; L_q = 64).")
+               "re-rank the top 100 with a random binary AMES (synthetic codes, L_x = 48; L_q = 64). milvus:<factory> "
+               "rows: the same gallery in a Milvus collection with the matching index, served over milvus://.")
 QUICK: dict[str, Any] = {"sizes": (100_000,)}
 DEFAULT: dict[str, Any] = {"sizes": (100_000, 1_000_000)}
 TIERS = {"quick": QUICK, "default": DEFAULT}
@@ -61,6 +67,9 @@ class ServeBenchConfig:
         clients: concurrent gRPC clients; ames: add AMES rows; ames_queries: queries timed per AMES row.
         lq, lx: AMES query / gallery descriptors; local_dim: AMES descriptor dimension.
         nlist_cap: IVF lists are capped at ``n / 39`` (faiss wants >= 39 training points per list).
+        milvus: Milvus rows: ``embedded`` (start the ``milvus`` wheel's server in a temp folder),
+            ``off``, or the ``http://host:port`` of a running server.
+        milvus_factories: faiss factories whose Milvus counterparts get rows (``milvus:<factory>``).
     """
 
     tier: str = "quick"
@@ -77,6 +86,8 @@ class ServeBenchConfig:
     local_dim: int = 128
     seed: int = 0
     nlist_cap: bool = True
+    milvus: str = "embedded"
+    milvus_factories: tuple[str, ...] = ("Flat", "HNSW32", "IVF4096,SQ8")
 
     @classmethod
     def preset(cls, tier: str, **overrides: Any) -> ServeBenchConfig:
@@ -170,8 +181,16 @@ def build_searcher_folder(xb: np.ndarray, folder: Path, *, factory: str, space: 
 
 
 def synthetic_ames(folder: Path, n: int, *, cfg: ServeBenchConfig) -> dict[str, Any]:
-    """A random binary AMES checkpoint and a packed store of random codes for ids ``img0..``; adds the
-    ``ames`` entry to ``folder/meta.json``."""
+    """:func:`synthetic_ames_files` in an index folder, with the ``ames`` entry added to its ``meta.json``."""
+    entry = synthetic_ames_files(folder, n, cfg=cfg)
+    meta = IndexMeta.load(folder)
+    IndexMeta(**{**meta.__dict__, "ames": entry}).save(folder)
+    return entry
+
+
+def synthetic_ames_files(folder: Path, n: int, *, cfg: ServeBenchConfig) -> dict[str, Any]:
+    """A random binary AMES checkpoint ``folder/ames.pt`` and a packed store ``folder/ames_packed`` of random
+    codes for ids ``img0..``; returns the index meta's ``ames`` entry (paths relative to ``folder``)."""
     from asymfuse.cloud.ames.checkpoint import save_ames
     from asymfuse.cloud.ames.model import create_ames
     from asymfuse.cloud.ames.packed_build import write_packed_codes
@@ -184,11 +203,8 @@ def synthetic_ames(folder: Path, n: int, *, cfg: ServeBenchConfig) -> dict[str, 
     counts = np.full(n, cfg.lx, dtype=np.int32)
     write_packed_codes(model, folder / "ames_packed", ids=[f"img{i}" for i in range(n)], codes=codes,
                        counts=counts, meta={"extractor_name": "synthetic"}).close()
-    entry = {"checkpoint": "ames.pt", "packed": "ames_packed", "local_dim": cfg.local_dim, "lq": cfg.lq,
-             "lx": cfg.lx}
-    meta = IndexMeta.load(folder)
-    IndexMeta(**{**meta.__dict__, "ames": entry}).save(folder)
-    return entry
+    return {"checkpoint": "ames.pt", "packed": "ames_packed", "local_dim": cfg.local_dim, "lq": cfg.lq,
+            "lx": cfg.lx}
 
 
 # ---------------------------------------------------------------------------- timing
@@ -247,62 +263,100 @@ def time_grpc(port: int, xq: np.ndarray, *, k: int, clients: int, locals_: np.nd
 
 
 # ---------------------------------------------------------------------------- the bench
-def run_serve_bench(cfg: ServeBenchConfig, *, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
-    """Run every row; write ``report.md`` and ``report.json`` into ``out_dir``; returns the report."""
+@dataclass(frozen=True)
+class Workload:
+    """One gallery size's data: gallery ``xb``, queries ``xq``, exact ``truth``, AMES query ``q_locals``."""
+
+    n: int
+    xb: np.ndarray
+    xq: np.ndarray
+    truth: np.ndarray
+    q_locals: np.ndarray
+
+
+def measure_served(cfg: ServeBenchConfig, data: Workload, searcher: Any, port: int, *, factory: str,
+                   build_s: float, per_img: float, idx_per_img: float, log: Any = print,
+                   notes: Mapping[str, Any] | None = None) -> list[ServeRow]:
+    """The rows of one served index (global, then AMES): recall, in-process and gRPC latency."""
+    rows = []
+    for with_ames in ((False, True) if cfg.ames else (False,)):
+        nq = cfg.ames_queries if with_ames else cfg.queries
+        loc = data.q_locals if with_ames else None
+        log(f"[bench serve] n={data.n} {factory} ames={with_ames}: timing {nq} queries")
+        p50, p99, got = time_in_process(searcher, data.xq[:nq], k=cfg.k, locals_=loc)
+        if with_ames:
+            got = time_in_process(searcher, data.xq[:nq], k=cfg.k)[2]
+        recall = _recall(got, data.truth[:nq])
+        qps, g50, g99 = time_grpc(port, data.xq[:nq], k=cfg.k, clients=cfg.clients, locals_=loc)
+        rows.append(ServeRow(n=data.n, factory=factory, ames=with_ames, build_s=build_s, bytes_per_image=per_img,
+                             index_bytes_per_image=idx_per_img, recall_at_100=recall, qps=qps, grpc_p50_ms=g50,
+                             grpc_p99_ms=g99, inproc_p50_ms=p50, inproc_p99_ms=p99,
+                             notes={"queries": nq, "lq": cfg.lq if with_ames else None,
+                                    "lx": cfg.lx if with_ames else None, **(notes or {})}))
+        log(f"[bench serve]   recall@{cfg.k} {recall:.4f}, in-process p50 {p50:.2f} ms, "
+            f"gRPC {qps:.0f} QPS p99 {g99:.2f} ms")
+    return rows
+
+
+def _faiss_rows(cfg: ServeBenchConfig, data: Workload, work: Path, log: Any) -> list[ServeRow]:
     from asymfuse.cloud.service.config import ServerConfig
     from asymfuse.cloud.service.loader import open_searcher
     from asymfuse.cloud.service.server import create_server
 
+    rows: list[ServeRow] = []
+    for factory in cfg.factories:
+        real = _factory_for(factory, data.n, cfg.nlist_cap)
+        folder = work / f"{data.n}-{real.replace(',', '_')}"
+        log(f"[bench serve] n={data.n} {real}: building")
+        build_s, per_img, idx_per_img = build_searcher_folder(data.xb, folder, factory=real)
+        if cfg.ames:
+            synthetic_ames(folder, data.n, cfg=cfg)
+        config = ServerConfig(index_dir=str(folder), snapshot_interval_s=0, threads=max(4, cfg.clients),
+                              max_k=max(1000, cfg.k))
+        searcher = open_searcher(config)
+        server, port = create_server(config, searcher=searcher)
+        try:
+            rows += measure_served(cfg, data, searcher, port, factory=real, build_s=build_s, per_img=per_img,
+                                   idx_per_img=idx_per_img, log=log)
+        finally:
+            server.stop(0)
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def run_serve_bench(cfg: ServeBenchConfig, *, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
+    """Run every row; write ``report.md`` and ``report.json`` into ``out_dir``; returns the report."""
+    from asymfuse.cloud.bench.serve_milvus import milvus_endpoint, milvus_rows
+
     t_start = time.perf_counter()
     rows: list[ServeRow] = []
     work = Path(tempfile.mkdtemp(prefix="asymfuse-bench-serve-"))
+    milvus_info: dict[str, Any] = {}
     try:
-        for n in cfg.sizes:
-            xb = synthetic_vectors(n, cfg.dim, seed=cfg.seed)
-            xq = synthetic_vectors(cfg.queries, cfg.dim, seed=cfg.seed + 7)
-            truth = exact_top_k(xb, xq, cfg.k)
-            q_locals = np.random.default_rng(cfg.seed + 3).standard_normal(
-                (cfg.ames_queries, cfg.lq, cfg.local_dim)).astype(np.float32)
-            for factory in cfg.factories:
-                real = _factory_for(factory, n, cfg.nlist_cap)
-                folder = work / f"{n}-{real.replace(',', '_')}"
-                log(f"[bench serve] n={n} {real}: building")
-                build_s, per_img, idx_per_img = build_searcher_folder(xb, folder, factory=real)
-                if cfg.ames:
-                    synthetic_ames(folder, n, cfg=cfg)
-                config = ServerConfig(index_dir=str(folder), snapshot_interval_s=0, threads=max(4, cfg.clients),
-                                      max_k=max(1000, cfg.k))
-                searcher = open_searcher(config)
-                server, port = create_server(config, searcher=searcher)
-                try:
-                    for with_ames in ((False, True) if cfg.ames else (False,)):
-                        nq = cfg.ames_queries if with_ames else cfg.queries
-                        loc = q_locals if with_ames else None
-                        log(f"[bench serve] n={n} {real} ames={with_ames}: timing {nq} queries")
-                        p50, p99, got = time_in_process(searcher, xq[:nq], k=cfg.k, locals_=loc)
-                        if with_ames:
-                            got_global = time_in_process(searcher, xq[:nq], k=cfg.k)[2]
-                            recall = _recall(got_global, truth[:nq])
-                        else:
-                            recall = _recall(got, truth[:nq])
-                        qps, g50, g99 = time_grpc(port, xq[:nq], k=cfg.k, clients=cfg.clients, locals_=loc)
-                        rows.append(ServeRow(n=n, factory=real, ames=with_ames, build_s=build_s,
-                                             bytes_per_image=per_img, index_bytes_per_image=idx_per_img,
-                                             recall_at_100=recall, qps=qps, grpc_p50_ms=g50, grpc_p99_ms=g99,
-                                             inproc_p50_ms=p50, inproc_p99_ms=p99,
-                                             notes={"queries": nq, "lq": cfg.lq if with_ames else None,
-                                                    "lx": cfg.lx if with_ames else None}))
-                        log(f"[bench serve]   recall@{cfg.k} {recall:.4f}, in-process p50 {p50:.2f} ms, "
-                            f"gRPC {qps:.0f} QPS p99 {g99:.2f} ms")
-                finally:
-                    server.stop(0)
-                shutil.rmtree(folder, ignore_errors=True)
-            del xb
+        with milvus_endpoint(cfg.milvus, info=milvus_info, log=log) as server:
+            for n in cfg.sizes:
+                xb = synthetic_vectors(n, cfg.dim, seed=cfg.seed)
+                xq = synthetic_vectors(cfg.queries, cfg.dim, seed=cfg.seed + 7)
+                data = Workload(n=n, xb=xb, xq=xq, truth=exact_top_k(xb, xq, cfg.k),
+                                q_locals=np.random.default_rng(cfg.seed + 3).standard_normal(
+                                    (cfg.ames_queries, cfg.lq, cfg.local_dim)).astype(np.float32))
+                rows += _faiss_rows(cfg, data, work, log)
+                if server is not None:
+                    ames_files = None
+                    if cfg.ames:
+                        (work / f"milvus-ames-{n}").mkdir()
+                        synthetic_ames_files(work / f"milvus-ames-{n}", n, cfg=cfg)
+                        ames_files = (work / f"milvus-ames-{n}" / "ames.pt", work / f"milvus-ames-{n}" / "ames_packed")
+                    factories = [_factory_for(f, n, cfg.nlist_cap) for f in cfg.milvus_factories]
+                    measure = functools.partial(measure_served, cfg, data, log=log)
+                    rows += milvus_rows(server, n=n, xb=xb, factories=factories, space=SPACE, ames_files=ames_files,
+                                        lq=cfg.lq, lx=cfg.lx, queries=data.xq[:cfg.ames_queries], k=cfg.k,
+                                        threads=max(4, cfg.clients), measure=measure, log=log)
+                del xb, data
     finally:
         shutil.rmtree(work, ignore_errors=True)
     runtime = time.perf_counter() - t_start
-    info = {"description": DESCRIPTION, "config": asdict(cfg),
-            "machine": _machine()}
+    info = {"description": DESCRIPTION, "config": asdict(cfg), "machine": _machine(), "milvus": milvus_info}
     report = report_head(rows, title=f"bench serve ({cfg.tier})", runtime_s=runtime, info=info)
     markdown = render_markdown(report)
     paths = report_paths(out_dir, {"markdown": "report.md", "json": "report.json"})
@@ -331,4 +385,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
               f"Runtime {report['runtime_s']:.0f} s on {report['info']['machine']['cpus']} CPUs. "
               "bytes_per_image: resident memory grown while building / n; index_bytes_per_image: the snapshot.",
               "Goal at 1M x 512: global p99 < 5 ms with recall@100 >= 0.95.", ""]
+    from asymfuse.cloud.bench.serve_milvus import milvus_report_lines
+
+    lines += milvus_report_lines(report)
     return "\n".join(lines)
+

@@ -4,6 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from asymfuse.edge.errors import ConfigError
+
+TOKEN_ENV = "ASYMFUSE_MILVUS_TOKEN"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="output folder (must not exist)")
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=run_pack_ames)
-    b = isub.add_parser("build", help="a searcher index folder (faiss + write-ahead log, optional AMES) from fused "
-                                      "gallery stores")
+    b = isub.add_parser("build", help="a searcher index folder (faiss + write-ahead log, optional AMES), or a Milvus "
+                                      "collection (--backend milvus), from fused gallery stores")
     b.add_argument("--features", nargs="+", required=True,
                    help="fused gallery store(s) from `asymfuse index fuse` (one embedding space)")
     b.add_argument("--factory", default="Flat",
@@ -45,7 +50,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--lx", type=int, help="AMES: gallery descriptors kept (default: all packed)")
     b.add_argument("--lam", type=float, help="AMES ensemble weight of the global score (default: the checkpoint's)")
     b.add_argument("--gamma", type=float, help="AMES logit temperature (default: the checkpoint's)")
-    b.add_argument("--out", required=True, help="the index folder to create (must not exist)")
+    b.add_argument("--out", help="the index folder to create (must not exist; --backend faiss)")
+    m = b.add_argument_group("Milvus (--backend milvus; resumable: rerun the same command after an interruption)")
+    m.add_argument("--backend", choices=("faiss", "milvus"), default="faiss",
+                   help="faiss: an index folder (default); milvus: a collection on a Milvus server")
+    m.add_argument("--uri", help="the Milvus server, e.g. http://localhost:19530 (https://... with --token)")
+    m.add_argument("--token", help=f"Milvus user:password or API key (or set {TOKEN_ENV})")
+    m.add_argument("--collection", help="the collection to fill (AMES codes go to <collection>_ames)")
+    m.add_argument("--index-type", help="a Milvus index type instead of the --factory translation: FLAT, HNSW, "
+                                        "IVF_FLAT, IVF_PQ, IVF_SQ8")
+    m.add_argument("--metric", choices=("IP", "COSINE"), default="IP", help="Milvus metric (default IP)")
+    m.add_argument("--batch-size", type=int, default=10_000, help="vectors per insert (default 10000)")
     b.set_defaults(func=run_build)
 
 
@@ -68,6 +83,11 @@ def run_build(args: argparse.Namespace) -> int:
     from asymfuse.cloud.index.build import build_index
     from asymfuse.cloud.index.faiss_index import IndexConfig
 
+    if args.backend == "milvus":
+        return run_build_milvus(args)
+    if not args.out:
+        raise ConfigError("give --out (the index folder to create), or --backend milvus with --uri and --collection")
+
     config = IndexConfig(factory=args.factory, nprobe=args.nprobe, ef_search=args.ef_search,
                          train_size=args.train_size)
     meta = build_index(args.features, args.out, config=config, ames=args.ames, packed=args.packed,
@@ -75,6 +95,28 @@ def run_build(args: argparse.Namespace) -> int:
     ames = "off" if meta.ames is None else f"on ({meta.ames['items_with_locals']} items with packed locals)"
     print(f"indexed {meta.count} items -> {args.out} ({args.factory}, dim {meta.dim}, space "
           f"{meta.embedding_space_id}, AMES {ames}); serve it with `asymfuse serve --index {args.out}`")
+    return 0
+
+
+def run_build_milvus(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.index.milvus_build import build_milvus_index
+    from asymfuse.cloud.index.milvus_config import MilvusIndexConfig, MilvusTarget
+
+    if not args.uri or not args.collection:
+        raise ConfigError("--backend milvus needs --uri (e.g. http://localhost:19530) and --collection")
+    if args.index_type:
+        config = MilvusIndexConfig(index_type=args.index_type.upper(), metric=args.metric, nprobe=args.nprobe,
+                                   ef_search=args.ef_search)
+    else:
+        config = MilvusIndexConfig.from_factory(args.factory, ef_search=args.ef_search, nprobe=args.nprobe,
+                                                metric=args.metric)
+    target = MilvusTarget(uri=args.uri, collection=args.collection, token=args.token or os.environ.get(TOKEN_ENV))
+    meta = build_milvus_index(args.features, target, config=config, ames=args.ames, packed=args.packed, lq=args.lq,
+                              lx=args.lx, lam=args.lam, gamma=args.gamma, batch_size=args.batch_size)
+    ames = "off" if meta.ames is None else f"on ({meta.ames['items_with_locals']} items with packed locals)"
+    extra = f" --ames {args.ames}" if args.ames else ""
+    print(f"indexed {meta.count} items -> {target.url} ({config.index_type}, dim {meta.dim}, space "
+          f"{meta.embedding_space_id}, AMES {ames}); serve it with `asymfuse serve --index {target.url}{extra}`")
     return 0
 
 

@@ -10,11 +10,16 @@ from pathlib import Path
 from asymfuse.edge.errors import ConfigError
 
 KEYS_ENV = "ASYMFUSE_API_KEYS"
+TOKEN_ENV = "ASYMFUSE_MILVUS_TOKEN"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gRPC searcher over an index folder (until SIGTERM)")
-    p.add_argument("--index", required=True, help="index folder from `asymfuse index build`")
+    p.add_argument("--index", required=True, help="index folder from `asymfuse index build`, or a Milvus collection "
+                                                  "milvus://host:19530/<collection> (milvus+https://... for TLS)")
+    p.add_argument("--ames", help="milvus:// index built with AMES: the checkpoint it was built with")
+    p.add_argument("--milvus-token-file", help=f"file holding the Milvus user:password or API key (or set {TOKEN_ENV})")
+    p.add_argument("--milvus-timeout", type=float, default=10.0, help="seconds per Milvus call (default 10)")
     p.add_argument("--bind", default="127.0.0.1:50051", help="host:port (default 127.0.0.1:50051; port 0 = any)")
     p.add_argument("--tls-cert", help="PEM certificate (with --tls-key) for TLS")
     p.add_argument("--tls-key", help="PEM private key")
@@ -60,5 +65,16 @@ def run(args: argparse.Namespace) -> int:
                           max_k=args.max_k, max_batch=args.max_batch, max_message_bytes=args.max_message_mb * MiB,
                           rerank_top_m=args.rerank_top_m, snapshot_interval_s=args.snapshot_interval,
                           device=args.device, faiss_threads=args.faiss_threads, scorer=args.scorer,
-                          resident_gallery=args.resident_gallery)
+                          resident_gallery=args.resident_gallery, ames_checkpoint=args.ames,
+                          milvus_token=milvus_token(args.milvus_token_file), milvus_timeout_s=args.milvus_timeout)
     return serve(config)
+
+
+def milvus_token(path: str | None) -> str | None:
+    """The token in ``path`` (first line), else the environment's, else None."""
+    if path:
+        try:
+            return Path(path).read_text().strip().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"cannot read a token from --milvus-token-file {path} ({exc})") from exc
+    return os.environ.get(TOKEN_ENV) or None

@@ -1,8 +1,9 @@
 """The searcher's ``Index`` interface: what a vector backend must do to serve ``asymfuse serve``.
 
-:class:`~asymfuse.cloud.index.durable.DurableIndex` (faiss + write-ahead log) implements it; a
-Milvus backend is the next one. Ids are the user's int64 ids; scores are inner products (cosine
-for unit-norm vectors); result rows are padded with id -1 / score -inf.
+:class:`~asymfuse.cloud.index.durable.DurableIndex` (faiss + write-ahead log) and
+:class:`~asymfuse.cloud.index.milvus_index.MilvusIndex` (a Milvus collection) implement it. Ids are
+the user's int64 ids; scores are inner products (cosine for unit-norm vectors); result rows are
+padded with id -1 / score -inf.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+
+from asymfuse.edge.errors import AsymfuseError
+
+
+class IndexUnavailableError(AsymfuseError, ConnectionError):
+    """A remote index backend (Milvus) cannot be reached or timed out (maps to UNAVAILABLE: retry, or
+    check the server)."""
 
 
 @runtime_checkable

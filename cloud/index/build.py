@@ -43,7 +43,12 @@ def store_space(store: FeatureStore) -> str:
     return str(space)
 
 
-def _open_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[FeatureStore], str]:
+def open_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[FeatureStore], str]:
+    """``(stores, embedding space)`` of fused global stores of one space (closed again on a refusal).
+
+    Raises:
+        ConfigError: no paths, stores of two spaces, or a local store.
+    """
     if not paths:
         raise ConfigError("give at least one fused feature store (--features)")
     stores = [FeatureStore.open(p) for p in paths]
@@ -78,7 +83,7 @@ def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLi
         raise ConfigError(f"{out} already exists; choose a new --out folder (or delete the old index)")
     if (ames is None) != (packed is None):
         raise ConfigError("give --ames and --packed together (the checkpoint and its `index pack-ames` store)")
-    stores, space = _open_stores(features)
+    stores, space = open_stores(features)
     try:
         dims = {s.dim for s in stores}
         if len(dims) > 1:

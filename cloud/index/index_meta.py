@@ -41,8 +41,7 @@ class IndexMeta:
     ames: dict[str, Any] | None = None
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
-        data = {"format": FORMAT, **asdict(self)}
-        return atomic_write_text(Path(folder) / META_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        return atomic_write_text(Path(folder) / META_FILE, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> IndexMeta:
@@ -59,12 +58,25 @@ class IndexMeta:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise CorruptDataError(f"{path} is unreadable ({exc}); rebuild the index") from exc
+        return cls.from_dict(data, where=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``format`` included), as in ``meta.json``."""
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: object, *, where: str) -> IndexMeta:
+        """Inverse of :meth:`to_dict`; ``where`` names the source in error messages.
+
+        Raises:
+            CorruptDataError: another format, a missing field or a wrong type.
+        """
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            raise CorruptDataError(f"{path} is not an {FORMAT} file; rebuild the index with `asymfuse index build`")
+            raise CorruptDataError(f"{where} is not an {FORMAT} record; rebuild the index with `asymfuse index build`")
         try:
             return cls(dim=int(data["dim"]), config=dict(data["config"]),
                        embedding_space_id=str(data["embedding_space_id"]), model_spec=data.get("model_spec"),
                        built_from=str(data.get("built_from", "")), count=int(data.get("count", 0)),
                        checksums=dict(data.get("checksums", {})), ames=data.get("ames"))
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptDataError(f"{path} lacks a field or has a wrong type ({exc}); rebuild the index") from exc
+            raise CorruptDataError(f"{where} lacks a field or has a wrong type ({exc}); rebuild the index") from exc

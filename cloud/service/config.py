@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from asymfuse.cloud.index.milvus_config import is_milvus_url
 from asymfuse.edge.errors import ConfigError
 
 MiB = 1 << 20
@@ -14,7 +15,9 @@ class ServerConfig:
     """How the searcher is served.
 
     Attributes:
-        index_dir: the folder written by ``asymfuse index build``.
+        index_dir: the folder written by ``asymfuse index build``, or a Milvus collection built by
+            ``asymfuse index build --backend milvus``: ``milvus://host:port/collection``
+            (``milvus+https://`` for TLS). With Milvus the searcher keeps no state: run several.
         bind: ``host:port`` (port 0 picks a free one; :func:`create_server` returns it).
         tls_cert, tls_key: PEM files; both or neither (then the port is plaintext).
         api_keys: accepted ``authorization: Bearer <key>`` values. Writes (Upsert, Delete) always need
@@ -34,6 +37,10 @@ class ServerConfig:
             Default 1: a serving process gets its parallelism from concurrent RPCs, and faiss's
             OpenMP pool spinning next to torch's made AMES re-ranking 10-15x slower on 2 cores
             (measured: 7.4 s instead of 0.5 s for 100 candidates).
+        ames_checkpoint: with a ``milvus://`` index built with AMES: the checkpoint it was built with
+            (checked by sha256; an index folder carries its own copy instead).
+        milvus_token: ``user:password`` or API key of a Milvus server with authentication (never printed).
+        milvus_timeout_s: deadline of each Milvus call (an unreachable server fails this fast).
     """
 
     index_dir: str
@@ -53,6 +60,14 @@ class ServerConfig:
     faiss_threads: int = 1
     scorer: str = "fp32"
     resident_gallery: bool = False
+    ames_checkpoint: str | None = None
+    milvus_token: str | None = field(default=None, repr=False)
+    milvus_timeout_s: float = 10.0
+
+    @property
+    def uses_milvus(self) -> bool:
+        """Whether ``index_dir`` is a ``milvus://`` URL."""
+        return is_milvus_url(self.index_dir)
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -70,3 +85,12 @@ class ServerConfig:
             raise ConfigError("api_keys must be non-empty strings")
         if ":" not in self.bind:
             raise ConfigError(f"bind={self.bind!r} must be host:port (port 0 picks a free one)")
+        if not self.uses_milvus and (self.ames_checkpoint or self.milvus_token):
+            raise ConfigError("--ames and a Milvus token are for a milvus://host:port/collection index; an index "
+                              "folder carries its own AMES checkpoint")
+        if self.uses_milvus and self.resident_gallery:
+            raise ConfigError("resident_gallery needs the local packed store; a milvus:// index fetches each "
+                              "query's AMES descriptors from Milvus instead")
+        if isinstance(self.milvus_timeout_s, bool) or not isinstance(self.milvus_timeout_s, (int, float)) \
+                or self.milvus_timeout_s <= 0:
+            raise ConfigError(f"milvus_timeout_s={self.milvus_timeout_s!r} must be a positive number of seconds")

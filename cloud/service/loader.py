@@ -1,4 +1,5 @@
-"""Open an index folder as a :class:`~asymfuse.cloud.service.searcher.Searcher` (index + AMES)."""
+"""Open an index folder (or a ``milvus://`` collection) as a :class:`~asymfuse.cloud.service.searcher.Searcher`
+(index + AMES)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ def load_reranker(folder: Path, ames: dict, *, top_m: int, device: str, scorer: 
 
 
 def open_searcher(config: ServerConfig) -> Searcher:
-    """The searcher of ``config.index_dir``: the durable index (snapshot + log replayed) and AMES."""
+    """The searcher of ``config.index_dir``: the durable index (snapshot + log replayed) and AMES, or a
+    Milvus collection (:func:`~asymfuse.cloud.service.milvus_loader.open_milvus_searcher`)."""
+    if config.uses_milvus:
+        from asymfuse.cloud.service.milvus_loader import open_milvus_searcher
+
+        return open_milvus_searcher(config)
     folder = Path(config.index_dir)
     index = DurableIndex.open(folder)
     try:

@@ -4,8 +4,9 @@
 A query is a ``(d,)`` vector of the served embedding space, optionally with ``(L, local_dim)``
 local descriptors. With locals and AMES enabled, the first ``top_m`` global results are re-ranked
 by :func:`~asymfuse.cloud.ames.rerank.rerank` with the checkpoint's λ/γ; gallery locals come from
-the packed binary store, found by each item's ``key`` metadata (the store's image id). Items with
-no packed locals keep their global score.
+the packed binary store (or, on the Milvus backend, the descriptor collection, fetched per query),
+found by each item's ``key`` metadata (the store's image id). Items with no packed locals keep their
+global score.
 
 torch is imported only when AMES is served, so a global-only searcher starts in about a second.
 """
@@ -16,7 +17,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -69,9 +70,24 @@ class CandidateLocals:
         return tok, pad | missing[:, None]
 
 
+@runtime_checkable
+class KeyedLocals(Protocol):
+    """Gallery locals fetched per query by image key (the Milvus descriptor collection,
+    :class:`~asymfuse.cloud.index.milvus_locals.MilvusLocals`)."""
+
+    def for_keys(self, keys: Sequence[str]) -> tuple[Any, np.ndarray]:
+        """``(GalleryLocals source, rows)``: ``rows[i]`` indexes key ``i`` in the source, -1 when it has none."""
+        ...
+
+
 @dataclass
 class Reranker:
-    """AMES in the searcher: the model, its packed gallery store, a scorer and the default options."""
+    """AMES in the searcher: the model, its gallery locals, a scorer and the default options.
+
+    ``packed`` is a local store addressed by row (the packed store, or a :class:`ResidentGallery`
+    over it; ``key_rows`` maps image keys to rows) or a :class:`KeyedLocals` that fetches the
+    candidates' codes per query (the Milvus descriptor collection).
+    """
 
     model: Any
     scorer: Any
@@ -80,7 +96,7 @@ class Reranker:
     key_rows: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.key_rows:
+        if not self.key_rows and not isinstance(self.packed, KeyedLocals):
             self.key_rows = {key: row for row, key in enumerate(self.packed.ids)}
 
     @property
@@ -89,6 +105,19 @@ class Reranker:
 
     def rows(self, metadata: Sequence[dict[str, str]]) -> np.ndarray:
         return np.array([self.key_rows.get(m.get(KEY_FIELD, ""), -1) for m in metadata], dtype=np.int64)
+
+    def candidates(self, metadata: Sequence[dict[str, str]]) -> CandidateLocals:
+        """The gallery locals of one query's candidates (in ``metadata`` order)."""
+        if isinstance(self.packed, KeyedLocals):
+            source, rows = self.packed.for_keys([m.get(KEY_FIELD, "") for m in metadata])
+            return CandidateLocals(source, rows)
+        return CandidateLocals(self.packed, self.rows(metadata))
+
+    def close(self) -> None:
+        """Release the gallery locals (a memory map or a Milvus connection)."""
+        close = getattr(self.packed, "close", None)
+        if callable(close):
+            close()
 
 
 class Searcher:
@@ -157,8 +186,7 @@ class Searcher:
             from asymfuse.cloud.ames.options import RerankOptions  # torch: only where AMES is served
             from asymfuse.cloud.ames.rerank import rerank
 
-            rows = self.reranker.rows(meta)
-            gallery = CandidateLocals(self.reranker.packed, rows)
+            gallery = self.reranker.candidates(meta)
             opts = RerankOptions(top_m=top_m, lam=options.lam, gamma=options.gamma, lq=options.lq, lx=options.lx)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # items without packed locals keep their global score

@@ -66,6 +66,8 @@ class SearchServer:
         self.grpc_server.stop(grace).wait()
         self._snapshots.join()
         self.searcher.index.close(snapshot=True)
+        if self.searcher.reranker is not None:
+            self.searcher.reranker.close()
         LOG.info("searcher stopped; final snapshot written")
 
     def wait(self) -> None:

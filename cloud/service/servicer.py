@@ -10,6 +10,8 @@ INVALID_ARGUMENT                  wrong dim, NaN/inf, k out of range, an empty b
                                   are not the message (or vectors of the wrong byte count)
 FAILED_PRECONDITION               the request's ``embedding_space_id`` is not the served one
 NOT_FOUND                         Delete of an unknown id (nothing is deleted)
+UNAVAILABLE                       the index backend (Milvus) cannot be reached; retry (maybe on
+                                  another replica)
 RESOURCE_EXHAUSTED                a batch above ``max_batch`` (oversize messages: gRPC itself)
 UNAUTHENTICATED                   a write (or, with ``auth_reads``, any call) without a valid key
 INTERNAL                          anything unexpected (logged with its traceback; the server lives)
@@ -33,6 +35,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from asymfuse.cloud.index.base import IndexUnavailableError
 from asymfuse.cloud.index.faiss_index import UnknownIdError
 from asymfuse.cloud.service.config import ServerConfig
 from asymfuse.cloud.service.searcher import SearchResult, Searcher, SpaceMismatchError
@@ -71,6 +74,8 @@ def status_of(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, UnknownIdError):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, IndexUnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, TooLargeError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, (ShapeError, ConfigError)):
@@ -104,6 +109,9 @@ class SearcherService:
         if code == grpc.StatusCode.INTERNAL:
             LOG.exception("%s failed unexpectedly", method)
             context.abort(code, f"internal error in {method}: {type(exc).__name__}; see the server log")
+        if code == grpc.StatusCode.UNAVAILABLE:  # the backend's address stays in the server log
+            LOG.warning("%s: %s", method, exc)
+            context.abort(code, f"{method}: the searcher's index backend is unavailable; retry shortly")
         context.abort(code, str(exc))
 
     def _check_request(self, method: str, request: Any, context: grpc.ServicerContext) -> None:

@@ -1,9 +1,11 @@
 """Shared fixtures of the AMES tests (serving in ames/, training in train/): the small real-photo
 benchmark of the AFF training tests, plus synthetic label-correlated feature stores dropped into the feature cache (the
-"existing store wins" rule), so no extractor runs."""
+"existing store wins" rule), so no extractor runs. Also the embedded Milvus server of the Milvus backend tests
+(index/ and service/), started once per test session."""
 
 from __future__ import annotations
 
+import uuid
 import zlib
 
 import numpy as np
@@ -82,3 +84,39 @@ def ames_setup(tmp_path_factory, small_bench):
         write_store(feats / name / "val" / "gallery", val.gallery_ids, kind, seed=seed)
         write_store(feats / name / "val" / "queries", val.query_ids, kind, seed=seed)
     return small_bench, feats
+
+
+@pytest.fixture(scope="session")
+def milvus_server():
+    """An embedded Milvus 2.3.5 standalone server in a temp folder (the ``milvus`` wheel), started once;
+    stopping it deletes the folder. Tests that use it skip, with the reason, where it cannot start."""
+    from asymfuse.cloud.index.milvus_server import EmbeddedMilvus
+    from asymfuse.edge.errors import AsymfuseError
+
+    try:
+        server = EmbeddedMilvus.start(timeout_s=120)
+    except (AsymfuseError, OSError) as exc:
+        pytest.skip(f"the embedded Milvus server cannot start here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def milvus_target(milvus_server):
+    """A fresh collection name on the session's embedded server (nothing is created yet); the test's
+    collections (the name and ``<name>_*``) are dropped afterwards, so the server's memory stays small."""
+    from pymilvus import MilvusClient
+
+    from asymfuse.cloud.index.milvus_config import MilvusTarget
+
+    target = MilvusTarget(uri=milvus_server.uri, collection=f"t_{uuid.uuid4().hex[:12]}", timeout_s=30)
+    yield target
+    client = MilvusClient(uri=milvus_server.uri, timeout=30)
+    try:
+        for name in client.list_collections():
+            if name == target.collection or name.startswith(f"{target.collection}_"):
+                client.drop_collection(name)
+    finally:
+        client.close()

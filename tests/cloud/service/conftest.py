@@ -1,4 +1,5 @@
-"""Index folders and loopback servers (port 0) for the searcher tests: real faiss, real gRPC."""
+"""Index folders and loopback servers (port 0) for the searcher tests: real faiss, real gRPC, and the same
+gallery in a collection on the embedded Milvus server (``served_any`` runs a test on both backends)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,31 @@ def served(tmp_path, flat_folder) -> Iterator[tuple[SearchServer, int]]:
                                               max_message_bytes=1 << 20, snapshot_interval_s=0))
     yield server, port
     server.stop(0)
+
+
+def milvus_collection(target, fused: Path, **kw):
+    """Build the fused store into ``target`` with ``index build --backend milvus``'s code (FLAT: exact)."""
+    from asymfuse.cloud.index.milvus_build import build_milvus_index
+    from asymfuse.cloud.index.milvus_config import MilvusIndexConfig
+
+    build_milvus_index([fused], target, config=MilvusIndexConfig(index_type="FLAT"), log=lambda _line: None, **kw)
+    return target
+
+
+@pytest.fixture
+def served_milvus(milvus_target, flat_folder) -> Iterator[tuple[SearchServer, int]]:
+    """``served``'s gallery and settings, in a fresh Milvus collection on the embedded server."""
+    target = milvus_collection(milvus_target, flat_folder.parent / "fused")
+    server, port = create_server(ServerConfig(index_dir=target.url, api_keys=(API_KEY,), max_k=200, max_batch=8,
+                                              max_message_bytes=1 << 20, snapshot_interval_s=0))
+    yield server, port
+    server.stop(0)
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def served_any(request) -> tuple[SearchServer, int]:
+    """``served`` on either backend: the faiss index folder, or the same gallery in a Milvus collection."""
+    return request.getfixturevalue("served" if request.param == "faiss" else "served_milvus")
 
 
 def client(port: int, *, space: str = SPACE, key: str | None = API_KEY, **kw) -> SearchClient:

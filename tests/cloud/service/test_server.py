@@ -8,9 +8,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from asymfuse.cloud.index.durable import DurableIndex
+from asymfuse.cloud.index.milvus_index import MilvusIndex
 from asymfuse.cloud.service.config import ServerConfig
 from asymfuse.cloud.service.server import create_server
-from asymfuse.edge.errors import IncompatibleModelError, RemoteError
+from asymfuse.edge.errors import ConfigError, IncompatibleModelError, RemoteError
 from asymfuse.edge.wire import pack_vector
 from asymfuse.proto import searcher_pb2 as pb
 from asymfuse.proto import searcher_pb2_grpc as pbg
@@ -24,8 +25,8 @@ def brute_force(gallery: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray,
     return order, s[order]
 
 
-def test_flat_search_equals_numpy_brute_force(served, gallery):
-    _, port = served
+def test_flat_search_equals_numpy_brute_force(served_any, gallery):
+    _, port = served_any
     queries = unit_vectors(20, DIM, seed=5)
     with client(port) as c:
         for q in queries:
@@ -48,8 +49,8 @@ def test_float16_queries_rank_like_float32(served, gallery):
     assert [h.id for h in hits][:3] == brute_force(gallery, q, 3)[0].tolist()
 
 
-def test_upsert_delete_and_filter_over_grpc(served, gallery):
-    server, port = served
+def test_upsert_delete_and_filter_over_grpc(served_any, gallery):
+    server, port = served_any
     new = unit_vectors(3, DIM, seed=11)
     with client(port) as c:
         seq = c.upsert([10_000, 10_001, 10_002], new, [{"shop": "a"}, {"shop": "b"}, {"shop": "a"}])
@@ -68,15 +69,17 @@ def test_upsert_delete_and_filter_over_grpc(served, gallery):
         assert c.search(new[0], k=1)[0].id == 10_000
 
 
-def test_writes_survive_a_restart(served, tmp_path):
-    server, port = served
+def test_writes_survive_a_restart(served_any, tmp_path):
+    server, port = served_any
     new = unit_vectors(2, DIM, seed=12)
     with client(port) as c:
         c.upsert([20_000, 20_001], new)
         c.delete([0])
-    folder = server.searcher.index.folder
+    index = server.searcher.index
     server.stop(0)
-    with DurableIndex.open(folder) as index:
+    reopen = (lambda: DurableIndex.open(index.folder)) if isinstance(index, DurableIndex) else \
+        (lambda: MilvusIndex.open(index.target))  # a new Milvus client: every acknowledged write is there
+    with reopen() as index:
         assert index.size == N + 1 and 20_001 in index and 0 not in index
 
 
@@ -92,8 +95,8 @@ def test_writes_need_an_api_key(served):
             assert len(c.search(x[0], k=3)) == 3  # reads are open by default
 
 
-def test_another_embedding_space_is_refused_with_both_ids(served):
-    _, port = served
+def test_another_embedding_space_is_refused_with_both_ids(served_any):
+    _, port = served_any
     with client(port, space="old-space") as c:
         with pytest.raises(IncompatibleModelError) as err:
             c.search(unit_vectors(1, DIM, seed=1)[0])
@@ -168,6 +171,35 @@ def test_bad_search_requests_get_their_status(served, case):
     assert err.value.code() == code, err.value.details()
 
 
+def test_bad_search_requests_get_their_status_on_milvus(served_milvus):
+    """The same status codes from a Milvus-backed searcher (one collection for every case)."""
+    _, port = served_milvus
+    for case, (request, code) in sorted(BAD.items()):
+        with pytest.raises(grpc.RpcError) as err:
+            _stub(port).Search(request, timeout=10)
+        assert err.value.code() == code, (case, err.value.details())
+
+
+def test_an_unreachable_milvus_fails_at_start_and_maps_to_unavailable():
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed: pip install 'asymfuse[milvus]'")
+    import socket
+    import time
+
+    from asymfuse.cloud.index.base import IndexUnavailableError
+    from asymfuse.cloud.service.servicer import status_of
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(IndexUnavailableError, match="unreachable"):
+        create_server(ServerConfig(index_dir=f"milvus://127.0.0.1:{port}/gallery", milvus_timeout_s=2))
+    assert time.monotonic() - start < 5
+    assert status_of(IndexUnavailableError("x")) == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(ConfigError, match="milvus://"):
+        ServerConfig(index_dir="runs/index", ames_checkpoint="ames.pt")
+
+
 def test_batch_limits_and_garbage_bytes(served):
     _, port = served
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -188,8 +220,8 @@ def test_batch_limits_and_garbage_bytes(served):
     assert len(stub.Search(_req(), timeout=10).hits) == 5  # the server lives on
 
 
-def test_health_reflection_and_info(served):
-    server, port = served
+def test_health_reflection_and_info(served_any):
+    server, port = served_any
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", "asymfuse.v1.Searcher"):
@@ -205,7 +237,8 @@ def test_health_reflection_and_info(served):
     with client(port) as c:
         info = c.info()
     assert info["embedding_space_id"] == SPACE and info["dim"] == DIM and info["size"] == N
-    assert info["model_spec"] == {"name": "toy-query-net", "input_size": 64} and info["factory"] == "Flat"
+    assert info["model_spec"] == {"name": "toy-query-net", "input_size": 64}
+    assert info["factory"] == ("Flat" if isinstance(server.searcher.index, DurableIndex) else "milvus:FLAT")
     assert info["ames_enabled"] is False
 
 

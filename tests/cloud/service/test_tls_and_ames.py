@@ -1,4 +1,5 @@
-"""TLS with a self-signed certificate made here, and the re-ranked search equal to calling AMES directly."""
+"""TLS with a self-signed certificate made here, and the re-ranked search equal to calling AMES directly
+(faiss and Milvus backends); a Milvus searcher refuses a missing or other AMES checkpoint."""
 
 from __future__ import annotations
 
@@ -18,7 +19,18 @@ from asymfuse.cloud.service.config import ServerConfig
 from asymfuse.cloud.service.server import create_server
 from asymfuse.edge.errors import RemoteError
 
-from .conftest import DIM, L, LOCAL_DIM, N, client, copy_folder, gallery_ids, local_features, unit_vectors
+from .conftest import (
+    DIM,
+    L,
+    LOCAL_DIM,
+    N,
+    client,
+    copy_folder,
+    gallery_ids,
+    local_features,
+    milvus_collection,
+    unit_vectors,
+)
 
 
 def self_signed(tmp_path):
@@ -67,12 +79,20 @@ def test_tls_round_trip_and_plaintext_refused(tmp_path, flat_folder, gallery):
         server.stop(0)
 
 
-@pytest.mark.parametrize("scorer,resident", [("fp32", False), ("batched", True)])
-def test_reranked_search_equals_calling_ames_directly(tmp_path, ames_folder, gallery, scorer, resident):
+@pytest.mark.parametrize("scorer,resident,backend", [("fp32", False, "faiss"), ("batched", True, "faiss"),
+                                                     ("fp32", False, "milvus")])
+def test_reranked_search_equals_calling_ames_directly(request, tmp_path, ames_folder, gallery, scorer, resident,
+                                                      backend):
+    """Also on the Milvus backend: the AMES codes come from the descriptor collection, fetched per query."""
     folder, ckpt, packed_dir = ames_folder
-    server, port = create_server(ServerConfig(index_dir=str(copy_folder(folder, tmp_path / "index")),
-                                              rerank_top_m=40, snapshot_interval_s=0, scorer=scorer,
-                                              resident_gallery=resident))
+    if backend == "milvus":
+        target = milvus_collection(request.getfixturevalue("milvus_target"), folder.parent / "fused", ames=ckpt,
+                                   packed=packed_dir)
+        config = ServerConfig(index_dir=target.url, ames_checkpoint=str(ckpt), rerank_top_m=40, scorer=scorer)
+    else:
+        config = ServerConfig(index_dir=str(copy_folder(folder, tmp_path / "index")), rerank_top_m=40,
+                              snapshot_interval_s=0, scorer=scorer, resident_gallery=resident)
+    server, port = create_server(config)
     model, info = load_ames(ckpt, variant="binary")
     scorer = AMESScorer(model)
     rng = np.random.default_rng(7)
@@ -102,6 +122,24 @@ def test_reranked_search_equals_calling_ames_directly(tmp_path, ames_folder, gal
                 assert [h.id for h in plain] == cand[:20].tolist() and not any(h.reranked for h in plain)
     finally:
         server.stop(0)
+    if backend == "milvus":
+        _check_checkpoint_refusals(tmp_path, config)
+
+
+def _check_checkpoint_refusals(tmp_path, config):
+    """A Milvus index built with AMES refuses to serve without its checkpoint, or with another one."""
+    import dataclasses
+
+    from asymfuse.cloud.ames.checkpoint import save_ames
+    from asymfuse.cloud.ames.model import create_ames
+    from asymfuse.edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="built with AMES.*--ames"):
+        create_server(dataclasses.replace(config, ames_checkpoint=None))
+    other = save_ames(create_ames(local_dim=LOCAL_DIM, binary=True, seed=5, layers=1, ffn_dim=64).eval(),
+                      tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="is not the AMES checkpoint"):
+        create_server(dataclasses.replace(config, ames_checkpoint=str(other)))
 
 
 def _candidate_locals(rows):
@@ -114,3 +152,4 @@ def _candidate_locals(rows):
     desc[known] = feats.descriptors[rows[known]]
     pad[known] = feats.mask[rows[known]]
     return ArrayLocals(desc, pad)
+
