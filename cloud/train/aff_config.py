@@ -62,6 +62,8 @@ class TrainConfig:
     fusion_weights: tuple[tuple[str, float], ...] = ()  # (feature, weight) pairs: its share of the PCA start
                                         # (an unlisted feature weighs 1; a listed one not in gallery_features is unused)
     start_shrink: float = 0.0           # shrinkage of the start's whitening (0 = full whitening)
+                                        # (both shape the PCA start: unused by mlp or a random start, like the
+                                        # other start options, so one tier config serves every mixer row)
     query_arch: str = "efficientnet_lite0"
     query_pooling: str = "gem_l2"       # gem (paper) | gem_l2: GeM then L2 before the whitening layer
     query_start: str = "ridge"          # random (paper) | ridge: whitening fitted onto the gallery targets
@@ -127,11 +129,6 @@ class TrainConfig:
         check_choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
         object.__setattr__(self, "gallery_features", tuple(self.gallery_features))
         object.__setattr__(self, "fusion_weights", check_fusion_weights(self.fusion_weights))
-        used = [name for name, _ in self.fusion_weights if name in self.gallery_features]
-        if (used or self.start_shrink) and (
-                self.mixer == "mlp" or (self.mixer == "transformer" and self.mixer_start != "pca")):
-            raise ConfigError("fusion_weights and start_shrink shape the PCA start; they need mixer=concat or "
-                              "mixer_start=pca")
         for name in ("embed_dim", "mixer_layers", "mixer_heads", "local_tokens", "input_size", "epochs",
                      "batch_size", "csd_k", "val_every", "log_every", "classifier_epochs"):
             check_positive_int(name, getattr(self, name))

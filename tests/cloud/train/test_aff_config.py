@@ -71,7 +71,8 @@ def test_fusion_weights_and_start_shrink_are_checked_and_reach_the_mixer():
         TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights=(1.0, 0.5))
     with pytest.raises(ConfigError, match="start_shrink must be >= 0"):
         TrainConfig(start_shrink=-1.0)
-    with pytest.raises(ConfigError, match="mixer_start=pca"):
-        TrainConfig(gallery_features=("gem_lite1", "sift"), fusion_weights={"sift": 0.5}, mixer_start="random")
+    # without a PCA start the options are unused (one tier config serves the MLP and random-start rows too)
+    assert "anchor_weights" not in mixer_kwargs(cfg.replace(mixer_start="random"), schema)
+    assert mixer_kwargs(cfg.replace(mixer="mlp"), schema) == {"hidden": 2 * cfg.embed_dim}
     with pytest.raises(ConfigError, match="gallery inputs are"):
         mixer_kwargs(cfg, GallerySchema(slots=(schema.slots[0], FeatureSlot("orb", "local", 4, max_local=3))))
