@@ -47,19 +47,24 @@ def open_stores(paths: Sequence[str | os.PathLike[str]]) -> tuple[list[FeatureSt
     """``(stores, embedding space)`` of fused global stores of one space (closed again on a refusal).
 
     Raises:
-        ConfigError: no paths, stores of two spaces, or a local store.
+        ConfigError: no paths, stores of two spaces or two dims, or a local store.
     """
     if not paths:
         raise ConfigError("give at least one fused feature store (--features)")
     stores = [FeatureStore.open(p) for p in paths]
-    spaces = {store_space(s) for s in stores}
+    spaces, dims = {store_space(s) for s in stores}, {s.dim for s in stores}
+    problem = ""
     if len(spaces) > 1:
+        problem = (f"the stores are in different embedding spaces ({sorted(spaces)}); index stores fused by "
+                   "one mixer (or extracted by one model) together")
+    elif any(s.kind != "global" for s in stores):
+        problem = "index build takes global (fused) feature stores; run `asymfuse index fuse` first"
+    elif len(dims) > 1:
+        problem = f"the stores have different dims {sorted(dims)}; index one space at a time"
+    if problem:
         for s in stores:
             s.close()
-        raise ConfigError(f"the stores are in different embedding spaces ({sorted(spaces)}); index stores fused by "
-                          "one mixer (or extracted by one model) together")
-    if any(s.kind != "global" for s in stores):
-        raise ConfigError("index build takes global (fused) feature stores; run `asymfuse index fuse` first")
+        raise ConfigError(problem)
     return stores, spaces.pop()
 
 
@@ -85,10 +90,7 @@ def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLi
         raise ConfigError("give --ames and --packed together (the checkpoint and its `index pack-ames` store)")
     stores, space = open_stores(features)
     try:
-        dims = {s.dim for s in stores}
-        if len(dims) > 1:
-            raise ConfigError(f"the stores have different dims {sorted(dims)}; index one space at a time")
-        dim = dims.pop()
+        dim = stores[0].dim
         vectors = np.concatenate([s.global_features() for s in stores]) if stores else None
         keys = [k for s in stores for k in s.ids]
         model_spec = stores[0].meta.get("query_spec")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.cloud.index.flat import _faiss, as_float32_matrix
+from asymfuse.cloud.index.flat import _faiss, as_index_vectors
 from asymfuse.edge.errors import AsymfuseError, ConfigError, CorruptDataError, ShapeError
 
 EXACT_FILTER = 4096  # a filter allowing at most this many items is scored exactly (where possible)
@@ -401,14 +401,7 @@ class FaissIndex:
         return cls(config=config, index=index, metadata=meta)
 
     def _check_vectors(self, x: object, name: str) -> np.ndarray:
-        arr = np.asarray(x)
-        if arr.ndim == 2 and arr.shape[0] == 0 and arr.shape[1] == self.dim:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        arr = as_float32_matrix(arr, name)
-        if arr.shape[1] != self.dim:
-            raise ShapeError(f"{name} have dim {arr.shape[1]} but the index has dim {self.dim}; use vectors "
-                             "of the index's embedding space")
-        return arr
+        return as_index_vectors(x, dim=self.dim, name=name)
 
 
 def _ivf_ids(ivf: Any) -> np.ndarray:

@@ -57,6 +57,22 @@ def as_float32_matrix(x: object, name: str) -> np.ndarray:
     return arr
 
 
+def as_index_vectors(x: object, *, dim: int, name: str) -> np.ndarray:
+    """:func:`as_float32_matrix` for an index of width ``dim``; an empty ``(0, dim)`` batch is allowed.
+
+    Raises:
+        ShapeError: as :func:`as_float32_matrix`, or a width other than ``dim``.
+    """
+    arr = np.asarray(x)
+    if arr.ndim == 2 and arr.shape[0] == 0 and arr.shape[1] == dim:
+        return np.zeros((0, dim), dtype=np.float32)
+    arr = as_float32_matrix(arr, name)
+    if arr.shape[1] != dim:
+        raise ShapeError(f"{name} have dim {arr.shape[1]} but the index has dim {dim}; use vectors "
+                         "of the index's embedding space")
+    return arr
+
+
 def _check_k(k: object) -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"k={k!r} must be a positive int (number of results per query)")

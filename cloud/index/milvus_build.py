@@ -66,10 +66,7 @@ def build_milvus_index(features: Sequence[str | os.PathLike[str]], target: Milvu
         raise ConfigError(f"batch_size={batch_size!r} must be an int in [1, {MAX_TOP_K}]")
     stores, space = open_stores(features)
     try:
-        dims = {s.dim for s in stores}
-        if len(dims) > 1:
-            raise ConfigError(f"the stores have different dims {sorted(dims)}; index one space at a time")
-        dim = dims.pop()
+        dim = stores[0].dim
         config.check_dim(dim)
         keys = [k for s in stores for k in s.ids]
         if len(set(keys)) != len(keys):

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from asymfuse.cloud.index.faiss_index import UnknownIdError, check_ids
-from asymfuse.cloud.index.flat import as_float32_matrix
+from asymfuse.cloud.index.flat import as_index_vectors
 from asymfuse.cloud.index.index_meta import IndexMeta
 from asymfuse.cloud.index.milvus_client import (
     LOADING,
@@ -347,14 +347,7 @@ class MilvusIndex:
         return self._seq
 
     def _check_vectors(self, x: object, name: str) -> np.ndarray:
-        arr = np.asarray(x)
-        if arr.ndim == 2 and arr.shape[0] == 0 and arr.shape[1] == self.dim:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        arr = as_float32_matrix(arr, name)
-        if arr.shape[1] != self.dim:
-            raise ShapeError(f"{name} have dim {arr.shape[1]} but the index has dim {self.dim}; use vectors "
-                             "of the index's embedding space")
-        return arr
+        return as_index_vectors(x, dim=self.dim, name=name)
 
 
 def _create_collection(client: Any, target: MilvusTarget, dim: int) -> None:
