@@ -17,7 +17,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,27 +128,53 @@ def build_index(features: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     return meta
 
 
-def _stage_ames(folder: Path, ames: str | os.PathLike[str], packed: str | os.PathLike[str], *, copy_packed: bool,
-                keys: list[str], lq: int | None, lx: int | None, lam: float | None, gamma: float | None) -> dict:
+@dataclass(frozen=True)
+class CheckedAMES:
+    """An AMES checkpoint and its packed store, checked against a gallery (:func:`check_ames`)."""
+
+    model: Any
+    options: Any  # RerankOptions with the overrides applied
+    overlap: int  # gallery keys that have packed locals
+    max_local: int
+    bits: int
+    projection_sha256: str
+
+
+def check_ames(ames: str | os.PathLike[str], packed: str | os.PathLike[str], *, keys: list[str], lq: int | None,
+               lx: int | None, lam: float | None, gamma: float | None) -> CheckedAMES:
+    """Load ``ames`` (binary), apply the λ/γ overrides, and check that ``packed`` holds its codes for
+    some of ``keys`` (shared by the faiss folder and the Milvus collection builds).
+
+    Raises:
+        ConfigError: bad overrides, codes of another checkpoint, or no packed image in the gallery.
+    """
     from asymfuse.cloud.ames.checkpoint import load_ames
+    from asymfuse.cloud.ames.options import RerankOptions
     from asymfuse.cloud.ames.packed_store import PackedLocalStore
 
-    from asymfuse.cloud.ames.options import RerankOptions
-
     model, info = load_ames(ames, variant="binary")
-    options = RerankOptions.from_info(info, lq=lq, lx=lx)
-    options = RerankOptions(lam=options.lam if lam is None else lam, gamma=options.gamma if gamma is None else gamma,
+    base = RerankOptions.from_info(info, lq=lq, lx=lx)
+    options = RerankOptions(lam=base.lam if lam is None else lam, gamma=base.gamma if gamma is None else gamma,
                             lq=lq, lx=lx)  # validates the overrides
     with PackedLocalStore.open(packed, model=model) as store:  # refuses codes of another checkpoint
         overlap = len(set(store.ids) & set(keys))
+        max_local, bits, digest = store.max_local, store.bits, store.projection_sha256
     if overlap == 0:
         raise ConfigError(f"none of the packed store's images are in the fused gallery; pack the same gallery's "
                           f"local features (`asymfuse index pack-ames --store ...`) for {packed}")
+    return CheckedAMES(model=model, options=options, overlap=overlap, max_local=max_local, bits=bits,
+                       projection_sha256=digest)
+
+
+def _stage_ames(folder: Path, ames: str | os.PathLike[str], packed: str | os.PathLike[str], *, copy_packed: bool,
+                keys: list[str], lq: int | None, lx: int | None, lam: float | None, gamma: float | None) -> dict:
+    checked = check_ames(ames, packed, keys=keys, lq=lq, lx=lx, lam=lam, gamma=gamma)
     shutil.copyfile(ames, folder / AMES_FILE)
     target = folder / PACKED_DIR
     if copy_packed:
         shutil.copytree(packed, target)
     else:
         os.symlink(Path(packed).resolve(), target)
-    return {"checkpoint": AMES_FILE, "packed": PACKED_DIR, "local_dim": int(model.cfg.local_dim),
-            "lam": options.lam, "gamma": options.gamma, "lq": lq, "lx": lx, "items_with_locals": overlap}
+    return {"checkpoint": AMES_FILE, "packed": PACKED_DIR, "local_dim": int(checked.model.cfg.local_dim),
+            "lam": checked.options.lam, "gamma": checked.options.gamma, "lq": lq, "lx": lx,
+            "items_with_locals": checked.overlap}

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from asymfuse.cloud.features.store_format import sha256_file
-from asymfuse.cloud.index.build import open_stores
+from asymfuse.cloud.index.build import check_ames, open_stores
 from asymfuse.cloud.index.index_meta import KEY_FIELD, IndexMeta
 from asymfuse.cloud.index.milvus_client import READY, connect, flushed_rows, read_meta, translated
 from asymfuse.cloud.index.milvus_config import MAX_TOP_K, MilvusIndexConfig, MilvusTarget
@@ -136,24 +136,11 @@ def _load_vectors(index: MilvusIndex, stores: list, keys: list[str], *, batch_si
 
 def ames_entry(ames: str | os.PathLike[str], packed: str | os.PathLike[str], *, keys: list[str], lq: int | None,
                 lx: int | None, lam: float | None, gamma: float | None, name: str) -> dict[str, Any]:
-    from asymfuse.cloud.ames.checkpoint import load_ames
-    from asymfuse.cloud.ames.options import RerankOptions
-    from asymfuse.cloud.ames.packed_store import PackedLocalStore
-
-    model, info = load_ames(ames, variant="binary")
-    base = RerankOptions.from_info(info, lq=lq, lx=lx)
-    options = RerankOptions(lam=base.lam if lam is None else lam, gamma=base.gamma if gamma is None else gamma,
-                            lq=lq, lx=lx)  # validates the overrides
-    with PackedLocalStore.open(packed, model=model) as store:  # refuses codes of another checkpoint
-        overlap = len(set(store.ids) & set(keys))
-        max_local, bits, digest = store.max_local, store.bits, store.projection_sha256
-    if overlap == 0:
-        raise ConfigError(f"none of the packed store's images are in the fused gallery; pack the same gallery's "
-                          f"local features (`asymfuse index pack-ames --store ...`) for {packed}")
-    return {"checkpoint_sha256": sha256_file(ames), "collection": name, "local_dim": int(model.cfg.local_dim),
-            "lam": options.lam, "gamma": options.gamma, "lq": lq, "lx": lx,
-            "max_local": min(max_local, lx) if lx else max_local, "bits": bits, "projection_sha256": digest,
-            "items_with_locals": overlap}
+    c = check_ames(ames, packed, keys=keys, lq=lq, lx=lx, lam=lam, gamma=gamma)
+    return {"checkpoint_sha256": sha256_file(ames), "collection": name, "local_dim": int(c.model.cfg.local_dim),
+            "lam": c.options.lam, "gamma": c.options.gamma, "lq": lq, "lx": lx,
+            "max_local": min(c.max_local, lx) if lx else c.max_local, "bits": c.bits,
+            "projection_sha256": c.projection_sha256, "items_with_locals": c.overlap}
 
 
 def load_locals(target: MilvusTarget, packed: str | os.PathLike[str], entry: dict[str, Any], gallery: set[str], *,
