@@ -255,3 +255,51 @@ def test_ddp_two_gloo_processes_match_one_process(ames_setup, tmp_path, torchrun
     assert [h["step_lengths"] for h in r0["history"]] == [h["step_lengths"] for h in single.history]
     assert (r0["lam"], r0["gamma"]) == (r1["lam"], r1["gamma"])
     assert (tmp_path / "two" / "ames.pt").is_file() and (tmp_path / "two" / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(ames_setup, tmp_path):
+    """A real crash: `asymfuse train ames` is SIGKILLed in its second epoch, then resumed with
+    --resume; the model, the best epoch and its λ/γ end equal to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # batch 1 and a few thousand steps per epoch leave a wide window to land the kill mid-epoch
+    cfg = _cfg(ames_setup, epochs=3, batch_size=1, log_every=1, universal=[3, 12])
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "asymfuse.cloud.cli.main", "train", "ames", "--config", str(tmp_path / "cfg.json"),
+           "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            log = run / "metrics.jsonl"
+            lines = [json.loads(x) for x in (log.read_text().splitlines() if log.is_file() else []) if x.strip()]
+            if any(r.get("epoch") == 1 and "step" in r for r in lines):
+                os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 2: last.pt holds epoch 1 only
+                break
+            time.sleep(0.02)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-training: {proc.stderr.read()[-2000:]}"
+    killed_at = torch.load(run / "last.pt", weights_only=True)["epoch"]
+    assert killed_at < 3 and not (run / "ames.pt").exists()
+    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    full = subprocess.run([*cmd[:-1], str(tmp_path / "full")], capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-3000:]
+    resumed, expected = (torch.load(p / "last.pt", weights_only=True) for p in (run, tmp_path / "full"))
+    assert resumed["epoch"] == expected["epoch"] == 3
+    assert expected["model"] and resumed["model"].keys() == expected["model"].keys()
+    for k, v in expected["model"].items():
+        torch.testing.assert_close(resumed["model"][k], v, rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    got, want = (torch.load(p / "ames.pt", weights_only=True) for p in (run, tmp_path / "full"))
+    for k, v in want["state"].items():
+        torch.testing.assert_close(got["state"][k], v, rtol=0, atol=1e-6, msg=lambda m, k=k: f"ames.pt {k}: {m}")
+    summary = [next(x for x in r.stdout.splitlines() if x.startswith("ames ")).split(" runtime=")[0]
+               for r in (res, full)]
+    assert summary[0] == summary[1], summary  # best epoch, λ, γ and the val mAP
