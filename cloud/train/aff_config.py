@@ -69,6 +69,8 @@ class TrainConfig:
     query_start: str = "ridge"          # random (paper) | ridge: whitening fitted onto the gallery targets
     query_start_ridge: float = 10.0     # ridge: regulariser relative to the mean feature energy
     query_pretrained: bool = True
+    query_trunk_lr_mult: float = 1.0    # lr multiplier of the query trunk; 0 freezes it (with its BatchNorm
+                                        # statistics): only GeM p and the whitening head train
     input_size: int = 224
     gem_p: float = 3.0
     # losses
@@ -146,7 +148,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("weight_decay", "momentum", "grad_clip", "arcface_margin", "lce_boundary_weight",
-                     "select_min_delta", "start_shrink"):
+                     "select_min_delta", "start_shrink", "query_trunk_lr_mult"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.scheme != "symmetric" and not self.gallery_features:

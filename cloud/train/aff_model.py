@@ -105,6 +105,13 @@ class AFFSystem(nn.Module):
             if module is not None:
                 for p in module.parameters():
                     p.requires_grad_(flag and getattr(module, "trainable", True))
+        if self.query_net is not None and self.trunk_frozen:
+            self.query_net.trunk.requires_grad_(False)
+
+    @property
+    def trunk_frozen(self) -> bool:
+        """Whether the query trunk stays at its start (``query_trunk_lr_mult = 0``)."""
+        return self.config.query_trunk_lr_mult == 0
 
     def forward(self, images: torch.Tensor | None, gallery: FusionInputs | None,
                 labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -155,8 +162,9 @@ class AFFSystem(nn.Module):
             self.ema.update(self.head_mix.weight.detach())
 
     def set_bn_mode(self, mode: str) -> None:
-        """``frozen``: the query net's BatchNorm layers use their running statistics while training."""
-        if mode == "frozen" and self.query_net is not None:
+        """``frozen`` (or a frozen trunk): the query net's BatchNorm layers use their running statistics
+        while training, so they do not move."""
+        if (mode == "frozen" or self.trunk_frozen) and self.query_net is not None:
             for mod in self.query_net.modules():
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     mod.eval()

@@ -128,7 +128,9 @@ class _Run(EpochRun):
         self.system = build_system(cfg, self.data, device=self.device)
         s = self.system
         mult = cfg.mixer_lr_mult
-        groups = param_groups([(m, k) for m, k in ((s.mixer, mult), (s.head_mix, mult), (s.query_net, 1.0),
+        trunk = None if s.query_net is None else s.query_net.trunk  # listed first: its own lr multiplier
+        groups = param_groups([(m, k) for m, k in ((s.mixer, mult), (s.head_mix, mult),
+                                                    (trunk, cfg.query_trunk_lr_mult), (s.query_net, 1.0),
                                                     (s.head_q, 1.0)) if m is not None], weight_decay=cfg.weight_decay)
         optimizer = create_optimizer(groups, kind=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum)
         self.stages = s.stages()

@@ -314,3 +314,20 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
         for k in keys:
             torch.testing.assert_close(resumed["model"][k], expected[k], rtol=0, atol=1e-6,
                                        msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("trunk_mult", [0.0, 1.0])
+def test_a_zero_trunk_lr_mult_freezes_the_trunk_and_its_bn_statistics(setup, tmp_path, trunk_mult):
+    """query_trunk_lr_mult=0 trains GeM p and the whitening head only: every trunk weight and BN running
+    statistic ends at the start (even with bn_mode=train); with 1.0 the same run moves them."""
+    train_aff(_cfg(setup, epochs=1, bn_mode="train", query_trunk_lr_mult=trunk_mult), out_dir=tmp_path)
+    start, last = (torch.load(tmp_path / f, weights_only=True)["model"] for f in ("start.pt", "last.pt"))
+    trunk = [k for k in start if k.startswith("query_net.trunk.")]
+    assert any("running_mean" in k for k in trunk) and any(k.endswith("weight") for k in trunk)
+    moved = [k for k in trunk if not torch.equal(start[k], last[k])]
+    if trunk_mult == 0:
+        assert not moved, moved[:5]
+    else:
+        assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved), moved[:5]
+    for key in ("query_net.whiten.weight", "head_mix.weight"):  # the head and the mixer side still train
+        assert not torch.equal(start[key], last[key]), key
