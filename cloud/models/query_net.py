@@ -63,7 +63,11 @@ class QueryNet(nn.Module):
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` -> ``(B, embed_dim)`` unit-norm embedding."""
-        return F.normalize(self.whiten(self.pooled(feats)), dim=-1)
+        return self.forward_pooled(self.pooled(feats))
+
+    def forward_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(B, C)`` :meth:`pooled` rows -> ``(B, embed_dim)`` unit-norm embedding (the whitening head)."""
+        return F.normalize(self.whiten(pooled), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

@@ -41,6 +41,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("linear", "cosine", "constant")
 MIXER_STARTS = ("random", "pca")
 QUERY_STARTS = ("random", "ridge")
+QUERY_INPUTS = ("images", "cached")
 BN_MODES = ("train", "frozen")
 
 
@@ -71,6 +72,9 @@ class TrainConfig:
     query_pretrained: bool = True
     query_trunk_lr_mult: float = 1.0    # lr multiplier of the query trunk; 0 freezes it (with its BatchNorm
                                         # statistics): only GeM p and the whitening head train
+    query_inputs: str = "images"        # images: augmented crops through the trunk every step | cached: (frozen
+                                        # trunk only) the pooled trunk rows of the training images and their crop
+                                        # views, computed once and cached: only the whitening head trains
     input_size: int = 224
     gem_p: float = 3.0
     # losses
@@ -126,6 +130,7 @@ class TrainConfig:
         check_choice("mixer_start", self.mixer_start, MIXER_STARTS)
         check_choice("query_start", self.query_start, QUERY_STARTS)
         check_choice("query_pooling", self.query_pooling, ("gem", "gem_l2"))
+        check_choice("query_inputs", self.query_inputs, QUERY_INPUTS)
         check_choice("data_source", self.data_source, DATA_SOURCES)
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))
         check_choice("select_metric", self.select_metric, ("mAP_medium", "mAP_hard", "mAP_easy"))
@@ -151,6 +156,10 @@ class TrainConfig:
                      "select_min_delta", "start_shrink", "query_trunk_lr_mult"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.query_inputs == "cached" and self.query_trunk_lr_mult != 0:
+            raise ConfigError("query_inputs=cached trains the whitening head on cached trunk outputs, so the trunk "
+                              f"must stay frozen: set query_trunk_lr_mult=0 (got {self.query_trunk_lr_mult}) or "
+                              "query_inputs=images")
         if self.scheme != "symmetric" and not self.gallery_features:
             raise ConfigError(f"scheme {self.scheme!r} needs gallery_features (feature names)")
         if self.scheme in SINGLE_GALLERY_SCHEMES and len(self.gallery_features) != 1:

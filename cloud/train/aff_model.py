@@ -107,6 +107,8 @@ class AFFSystem(nn.Module):
                     p.requires_grad_(flag and getattr(module, "trainable", True))
         if self.query_net is not None and self.trunk_frozen:
             self.query_net.trunk.requires_grad_(False)
+            if self.config.query_inputs == "cached":  # the cached rows are GeM outputs: p stays too
+                self.query_net.pool.requires_grad_(False)
 
     @property
     def trunk_frozen(self) -> bool:
@@ -118,7 +120,8 @@ class AFFSystem(nn.Module):
         """Losses of one batch.
 
         Args:
-            images: ``(B, 3, H, W)`` normalised query images (None in the mixer stage).
+            images: ``(B, 3, H, W)`` normalised query images, or ``(B, C)`` pooled trunk rows
+                (``query_inputs = "cached"``; None in the mixer stage).
             gallery: the batch's frozen gallery features (None for the symmetric scheme).
             labels: ``(B,)`` int64 class ids.
 
@@ -131,7 +134,7 @@ class AFFSystem(nn.Module):
             g_mix = self.mixer(gallery)
             loss_mix = self.head_mix(g_mix.float(), labels)
         if self.stage in ("joint", "query"):
-            q = self.query_net(images).float()
+            q = (self.query_net.forward_pooled(images) if images.ndim == 2 else self.query_net(images)).float()
             loss_q = self._query_loss(q, gallery, labels)
         return {"loss": loss_mix + loss_q, "loss_mix": loss_mix.detach(), "loss_q": loss_q.detach()}
 

@@ -30,6 +30,7 @@ from asymfuse.cloud.train.feature_cache import (
     is_complete,
     training_ids,
 )
+from asymfuse.cloud.train.pooled_cache import POOLED_FOLDER, cached_pooled
 from asymfuse.cloud.train.query_start import fit_query_head
 from asymfuse.cloud.train.start_views import crop_views, views_part
 from asymfuse.edge.errors import ConfigError
@@ -151,8 +152,34 @@ def start_query_head(cfg: TrainConfig, data: AFFData, *, query_net: QueryNet, x:
     if data.start_table is not None:
         sources.append((data.start_images, x[n:]))
     fit = fit_query_head(query_net, sources=sources, ridge=cfg.query_start_ridge, preload_side=cfg.preload_side,
-                         device=device)
+                         device=device, cache_dir=pooled_cache_dir(cfg))
     LOG.info("query head: ridge start on %d images, train cosine %.3f", fit.rows, fit.train_cosine)
+
+
+def pooled_cache_dir(cfg: TrainConfig) -> Path:
+    """Where the run's pooled query-trunk rows are cached (:mod:`asymfuse.cloud.train.pooled_cache`)."""
+    return Path(cfg.features_dir) / POOLED_FOLDER
+
+
+@dataclass(frozen=True)
+class QueryRows:
+    """The rows head-only training (``query_inputs = "cached"``) runs on: the training images, then
+    their crop views. ``pooled`` ``(N, C)`` float32 trunk outputs, ``labels`` ``(N,)`` int64, and
+    ``gallery`` the rows' frozen gallery features (None for the symmetric scheme)."""
+
+    pooled: np.ndarray
+    labels: np.ndarray
+    gallery: FusionInputs | None
+
+
+def query_rows(cfg: TrainConfig, data: AFFData, *, query_net: QueryNet, device: torch.device) -> QueryRows:
+    """The pooled trunk rows of every start row (the training images, then their crop views when the
+    run has them), read from the pooled cache the closed-form start filled."""
+    sets = [data.training_set] + ([data.start_images] if data.start_table is not None else [])
+    pooled = np.concatenate([cached_pooled(query_net, s, cache_dir=pooled_cache_dir(cfg),
+                                           preload_side=cfg.preload_side, device=device) for s in sets])
+    labels = np.concatenate([np.asarray(s.labels, dtype=np.int64) for s in sets])
+    return QueryRows(pooled=pooled, labels=labels, gallery=None if data.table is None else start_inputs(data))
 
 
 def start_inputs(data: AFFData) -> FusionInputs:

@@ -28,7 +28,7 @@ from asymfuse.cloud.models.mixers.checkpoint import save_mixer
 from asymfuse.cloud.models.query_net import QueryNet, default_space_id
 from asymfuse.cloud.train.aff_config import RESUME_SAFE_FIELDS, SINGLE_GALLERY_SCHEMES, TrainConfig
 from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
-from asymfuse.cloud.train.aff_setup import AFFData, build_system, prepare_data
+from asymfuse.cloud.train.aff_setup import AFFData, QueryRows, build_system, prepare_data, query_rows
 from asymfuse.cloud.train.aff_validate import validate
 from asymfuse.cloud.train.augment import AugmentConfig
 from asymfuse.cloud.distributed import (
@@ -75,16 +75,21 @@ class TrainResult:
 
 
 class _IndexDataset(Dataset):
-    """Labels and indices only: the mixer stage needs no images."""
+    """Labels and indices (the mixer stage needs no images), plus ``(C,)`` pooled trunk rows when
+    given (``query_inputs = "cached"``)."""
 
-    def __init__(self, labels: np.ndarray) -> None:
+    def __init__(self, labels: np.ndarray, *, pooled: np.ndarray | None = None) -> None:
         self.labels = labels
+        self.pooled = pooled
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"label": torch.tensor(int(self.labels[i])), "index": torch.tensor(i)}
+        item = {"label": torch.tensor(int(self.labels[i])), "index": torch.tensor(i)}
+        if self.pooled is not None:
+            item["pooled"] = torch.from_numpy(self.pooled[i])
+        return item
 
     def set_epoch(self, epoch: int) -> None:
         pass
@@ -127,6 +132,10 @@ class _Run(EpochRun):
         torch.manual_seed(cfg.seed)
         self.system = build_system(cfg, self.data, device=self.device)
         s = self.system
+        self.rows: QueryRows | None = None
+        if cfg.query_inputs == "cached" and s.query_net is not None:  # head-only training on the start rows
+            self.rows = query_rows(cfg, self.data, query_net=s.query_net, device=self.device)
+            self.plan_batches(len(self.rows.labels))
         mult = cfg.mixer_lr_mult
         trunk = None if s.query_net is None else s.query_net.trunk  # listed first: its own lr multiplier
         groups = param_groups([(m, k) for m, k in ((s.mixer, mult), (s.head_mix, mult),
@@ -142,8 +151,10 @@ class _Run(EpochRun):
 
     def _loader(self, stage: str) -> tuple[DataLoader, Dataset, DistributedSampler]:
         cfg, ts = self.cfg, self.data.training_set
-        if stage == "mixer":
-            ds: Dataset = _IndexDataset(np.asarray(ts.labels))
+        if self.rows is not None:
+            ds: Dataset = _IndexDataset(self.rows.labels, pooled=self.rows.pooled if stage != "mixer" else None)
+        elif stage == "mixer":
+            ds = _IndexDataset(np.asarray(ts.labels))
         else:
             aug = AugmentConfig(crop_scale_min=cfg.crop_scale_min, color_jitter=cfg.color_jitter)
             ds = AFFImageDataset(training_set=ts, spec=self.system.query_net.spec, augment=aug, seed=cfg.seed,
@@ -216,8 +227,12 @@ class _Run(EpochRun):
                            enabled=cfg.progress and self.env.is_main)
         for step, batch in enumerate(loader):
             labels = batch["label"].to(dev, non_blocking=True)
-            gallery = None if table is None else table.inputs(batch["index"].numpy()).to(dev, non_blocking=True)
-            images = batch.get("image")
+            if self.rows is not None:
+                gallery = None if self.rows.gallery is None else self.rows.gallery.select(batch["index"])
+            else:
+                gallery = None if table is None else table.inputs(batch["index"].numpy())
+            gallery = None if gallery is None else gallery.to(dev, non_blocking=True)
+            images = batch.get("image", batch.get("pooled"))
             if images is not None:
                 images = images.to(dev, non_blocking=True)
                 if cfg.channels_last:

@@ -18,6 +18,7 @@ on the CPU.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import torch
 from asymfuse.cloud.data.records import TrainingSet
 from asymfuse.cloud.models.query_net import QueryNet
 from asymfuse.cloud.train.aff_data import AFFImageDataset
+from asymfuse.cloud.train.pooled_cache import cached_pooled
 from asymfuse.edge.errors import ConfigError, ShapeError
 
 
@@ -93,7 +95,8 @@ def ridge_map(x: np.ndarray, y: np.ndarray, *, ridge: float) -> tuple[np.ndarray
 
 
 def fit_query_head(query_net: QueryNet, *, sources: Sequence[tuple[TrainingSet, np.ndarray]], ridge: float = 10.0,
-                   preload_side: int = 0, device: str | torch.device = "cpu") -> HeadFit:
+                   preload_side: int = 0, device: str | torch.device = "cpu",
+                   cache_dir: str | os.PathLike[str] | None = None) -> HeadFit:
     """Set ``query_net.whiten`` to the ridge map from its pooled trunk output to gallery vectors.
 
     Args:
@@ -105,6 +108,8 @@ def fit_query_head(query_net: QueryNet, *, sources: Sequence[tuple[TrainingSet, 
         ridge: relative ridge regulariser (see the module docstring).
         preload_side: as :class:`AFFImageDataset`.
         device: where the trunk runs (the net must live there).
+        cache_dir: where the pooled trunk outputs are cached (:mod:`asymfuse.cloud.train.pooled_cache`);
+            None computes them without caching.
 
     Returns:
         A :class:`HeadFit` summary.
@@ -122,10 +127,20 @@ def fit_query_head(query_net: QueryNet, *, sources: Sequence[tuple[TrainingSet, 
         if t.shape != (len(images), d):
             raise ShapeError(f"targets must be (n={len(images)}, embed_dim={d}), one gallery vector per image of "
                              f"{images.name!r}, got {t.shape}")
-        ds = AFFImageDataset(training_set=images, spec=query_net.spec, augment=None, seed=0, preload_side=preload_side)
-        xs.append(pooled_trunk_features(query_net, ds, epochs=[0], device=dev))
+        xs.append(cached_pooled(query_net, images, cache_dir=cache_dir, preload_side=preload_side, device=dev))
         ys.append(t)
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    return fit_head(query_net, x=np.concatenate(xs), y=np.concatenate(ys), ridge=ridge)
+
+
+def fit_head(query_net: QueryNet, *, x: np.ndarray, y: np.ndarray, ridge: float) -> HeadFit:
+    """Set ``query_net.whiten`` to :func:`ridge_map` from pooled rows ``x`` ``(n, C)`` to targets ``y``
+    ``(n, embed_dim)``.
+
+    Raises:
+        ShapeError: mismatched rows or widths, NaN/inf. ConfigError: ``ridge <= 0``.
+    """
+    if x.ndim != 2 or x.shape[1] != query_net.whiten.in_features:
+        raise ShapeError(f"pooled rows must be (n, {query_net.whiten.in_features}), got {x.shape}")
     w, b = ridge_map(x, y, ridge=ridge)
     fitted = x @ w + b
     cos = np.sum(fitted * y, axis=1) / np.maximum(np.linalg.norm(fitted, axis=1) * np.linalg.norm(y, axis=1), 1e-12)

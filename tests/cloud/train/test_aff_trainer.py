@@ -331,3 +331,40 @@ def test_a_zero_trunk_lr_mult_freezes_the_trunk_and_its_bn_statistics(setup, tmp
         assert any("running_mean" in k for k in moved) and any(k.endswith("weight") for k in moved), moved[:5]
     for key in ("query_net.whiten.weight", "head_mix.weight"):  # the head and the mixer side still train
         assert not torch.equal(start[key], last[key]), key
+
+
+def test_cached_head_training_runs_on_the_start_rows_and_resumes_exactly(setup, tmp_path):
+    """query_inputs=cached: every step reads pooled trunk rows of the training images and their crop
+    views (3x the rows with 2 views), only the whitening head and the mixer side move, and an interrupted
+    run resumes to the uninterrupted one."""
+    import shutil
+
+    from asymfuse.cloud.train.start_views import crop_views, views_part
+
+    bench, feats = setup
+    mine = tmp_path / "features"
+    shutil.copytree(feats, mine)
+    ts = load_training_set("benchmark", bench.root)
+    views = crop_views(ts, features_dir=mine, views=2, seed=0, crop_scale_min=0.35)
+    for name, kind, seed in (("syn_g", "global", 1), ("syn_l", "local", 2)):
+        _write(mine / name / views_part(views=2, seed=0, crop_scale_min=0.35) / "gallery", training_ids(views),
+               kind, seed)
+    cfg = _cfg((bench, mine), epochs=2, start_views=2, query_trunk_lr_mult=0.0, query_inputs="cached",
+               log_every=1)
+    full = train_aff(cfg, out_dir=tmp_path / "full")
+    steps = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "step" in r and r["epoch"] == 0]
+    assert len(steps) == (3 * len(ts)) // cfg.batch_size  # images + 2 crop views each
+    assert any((mine / "_pooled").glob("*.npy"))
+    start, last = (torch.load(tmp_path / "full" / f, weights_only=True)["model"] for f in ("start.pt", "last.pt"))
+    frozen = [k for k in start if k.startswith(("query_net.trunk.", "query_net.pool."))]
+    assert frozen and all(torch.equal(start[k], last[k]) for k in frozen)
+    assert not torch.equal(start["query_net.whiten.weight"], last["query_net.whiten.weight"])
+    train_aff(cfg, out_dir=tmp_path / "part", stop_after_epochs=1)
+    resumed = train_aff(cfg, out_dir=tmp_path / "part", resume=True)
+    for a, b in zip(full.history, resumed.history):
+        np.testing.assert_allclose(a["step_losses"], b["step_losses"], rtol=0, atol=1e-6)
+    for a, b in ((full.query_net, resumed.query_net), (full.mixer, resumed.mixer)):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="query_trunk_lr_mult=0"):
+        cfg.replace(query_trunk_lr_mult=0.1)
