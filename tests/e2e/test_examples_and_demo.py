@@ -83,20 +83,21 @@ def test_readme_demo_command(tmp_path):
     """`asymfuse demo` exactly as the README runs it (default configuration)."""
     exe = Path(sys.executable).with_name("asymfuse")
     res = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "demo"), "--no-progress"],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     rows = report["rows"]
     assert len(rows) == 17 and report["dataset"]["queries"] >= 20
     assert [r["kind"] for r in rows[9:11]] == ["AMES re-ranking", "AMES re-ranking"]
     # Quality floors (measured on 2 CPU cores: gem_lite1 71.25, AFF start symmetric 71.46 and asymmetric
-    # Lite0@128 49.60 with 8 crop views, SIFT at half weight, shrink 0.1 and ridge 3; session 6's start gave
-    # 71.65 / 34.91, the random-start recipe 42.85 / 8.28). Margin: 4.6 points on asymmetric. A regression fails here.
+    # Lite0@224 59.97 (frozen trunk, cached rows; 49.60 at 128 px) with 8 crop views, SIFT at half weight,
+    # shrink 0.1 and ridge 3; the random-start recipe gave 42.85 / 8.28). Margin: 3 points on asymmetric,
+    # whose floor is 80 % of symmetric. A regression fails here.
     by_kind = {r["kind"]: r["mAP_medium"] for r in rows[5:11] if r["kind"] != "AMES re-ranking"}
     best_input = rows[0]["mAP_medium"]  # gem_lite1, the mixer's best input
     assert by_kind["AFF symmetric"] >= best_input - 0.5, (by_kind, best_input)
     assert by_kind["AFF symmetric"] >= by_kind["AFF start (closed form) symmetric"] - 0.5
-    assert by_kind["AFF asymmetric"] >= 45.0, by_kind
+    assert by_kind["AFF asymmetric"] >= 57.0 and by_kind["AFF asymmetric"] >= 0.8 * by_kind["AFF symmetric"], by_kind
     assert by_kind["AFF asymmetric"] >= by_kind["AFF start (closed form) asymmetric"] - 1.0
     # AMES (SIFT, 4 epochs) on the fused search: measured -0.95 on test where val chose lam 0.4 (val has
     # 15 queries); the floor allows that noise, not a collapse
