@@ -23,6 +23,7 @@ import torch
 
 from asymfuse.cloud.data.records import TrainingSet
 from asymfuse.cloud.models.query_net import QueryNet
+from asymfuse.cloud.train.aff_data import AFFImageDataset
 from asymfuse.edge.fileio import atomic_write
 
 POOLED_FOLDER = "_pooled"
@@ -43,6 +44,30 @@ def trunk_fingerprint(query_net: QueryNet, *, preload_side: int) -> str:
     return h.hexdigest()
 
 
+@torch.no_grad()
+def pooled_trunk_features(query_net: QueryNet, dataset: AFFImageDataset, *, epochs: list[int],
+                          device: torch.device, batch_size: int = 32) -> np.ndarray:
+    """The whitening layer's inputs (:meth:`QueryNet.pooled`) for every item of ``dataset`` at each
+    epoch (eval-mode BN).
+
+    Returns:
+        ``(len(epochs) * n, C)`` float64, epoch-major (rows ``e * n + i``).
+    """
+    was_training = query_net.training
+    query_net.eval()
+    chunks = []
+    try:
+        for epoch in epochs:
+            dataset.set_epoch(epoch)
+            for start in range(0, len(dataset), batch_size):
+                x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+                pooled = query_net.pooled(query_net.forward_features(x.to(device)))
+                chunks.append(pooled.float().cpu().numpy().astype(np.float64))
+    finally:
+        query_net.train(was_training)
+    return np.concatenate(chunks, axis=0)
+
+
 def cached_pooled(query_net: QueryNet, images: TrainingSet, *, cache_dir: str | os.PathLike[str] | None,
                   preload_side: int, device: torch.device) -> np.ndarray:
     """``QueryNet.pooled`` of every image of ``images`` (eval-mode BN, the spec's reference
@@ -61,9 +86,6 @@ def cached_pooled(query_net: QueryNet, images: TrainingSet, *, cache_dir: str | 
     Raises:
         CorruptDataError: an unreadable image.
     """
-    from asymfuse.cloud.train.aff_data import AFFImageDataset
-    from asymfuse.cloud.train.query_start import pooled_trunk_features
-
     def compute() -> np.ndarray:
         ds = AFFImageDataset(training_set=images, spec=query_net.spec, augment=None, seed=0, preload_side=preload_side)
         return pooled_trunk_features(query_net, ds, epochs=[0], device=device).astype(np.float32)

@@ -27,8 +27,7 @@ import torch
 
 from asymfuse.cloud.data.records import TrainingSet
 from asymfuse.cloud.models.query_net import QueryNet
-from asymfuse.cloud.train.aff_data import AFFImageDataset
-from asymfuse.cloud.train.pooled_cache import cached_pooled
+from asymfuse.cloud.train.pooled_cache import cached_pooled, pooled_trunk_features  # noqa: F401 (pooled_trunk_features: re-exported)
 from asymfuse.edge.errors import ConfigError, ShapeError
 
 
@@ -40,30 +39,6 @@ class HeadFit:
     rows: int
     ridge: float
     train_cosine: float
-
-
-@torch.no_grad()
-def pooled_trunk_features(query_net: QueryNet, dataset: AFFImageDataset, *, epochs: list[int],
-                          device: torch.device, batch_size: int = 32) -> np.ndarray:
-    """The whitening layer's inputs (:meth:`QueryNet.pooled`) for every item of ``dataset`` at each
-    epoch (eval-mode BN).
-
-    Returns:
-        ``(len(epochs) * n, C)`` float64, epoch-major (rows ``e * n + i``).
-    """
-    was_training = query_net.training
-    query_net.eval()
-    chunks = []
-    try:
-        for epoch in epochs:
-            dataset.set_epoch(epoch)
-            for start in range(0, len(dataset), batch_size):
-                x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
-                pooled = query_net.pooled(query_net.forward_features(x.to(device)))
-                chunks.append(pooled.float().cpu().numpy().astype(np.float64))
-    finally:
-        query_net.train(was_training)
-    return np.concatenate(chunks, axis=0)
 
 
 def ridge_map(x: np.ndarray, y: np.ndarray, *, ridge: float) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +81,7 @@ def fit_query_head(query_net: QueryNet, *, sources: Sequence[tuple[TrainingSet, 
             *the same pixels* (the training images, then the crop views of
             :mod:`asymfuse.cloud.train.start_views` with their own gallery vectors).
         ridge: relative ridge regulariser (see the module docstring).
-        preload_side: as :class:`AFFImageDataset`.
+        preload_side: as :class:`asymfuse.cloud.train.aff_data.AFFImageDataset`.
         device: where the trunk runs (the net must live there).
         cache_dir: where the pooled trunk outputs are cached (:mod:`asymfuse.cloud.train.pooled_cache`);
             None computes them without caching.
