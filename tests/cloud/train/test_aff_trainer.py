@@ -274,29 +274,18 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(setup, tmp_path):
     """A real crash: `asymfuse train aff` is SIGKILLed in its second epoch, then resumed with
     --resume; the query net, the mixer and the momentum classifier end equal to an uninterrupted run."""
     import json
-    import os
     import signal
     import subprocess
     import sys
-    import time
+
+    from tests.cloud.train.conftest import kill_in_epoch
 
     cfg = _cfg(setup, epochs=3, batch_size=2, log_every=1)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "asymfuse.cloud.cli.main", "train", "aff", "--config", str(tmp_path / "cfg.json"),
            "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            log = run / "metrics.jsonl"
-            lines = log.read_text().splitlines() if log.is_file() else []
-            if any(json.loads(x).get("epoch") == 1 and "step" in json.loads(x) for x in lines if x.strip()):
-                os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 2: last.pt holds epoch 1 only
-                break
-            time.sleep(0.02)
-    finally:
-        proc.wait(timeout=60)
+    proc = kill_in_epoch(cmd, run, epoch=1)  # mid-epoch 2: last.pt holds epoch 1 only
     assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-training: {proc.stderr.read()[-2000:]}"
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] < 3
     res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)

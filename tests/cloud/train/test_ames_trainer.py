@@ -261,11 +261,11 @@ def test_ddp_two_gloo_processes_match_one_process(ames_setup, tmp_path, torchrun
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(ames_setup, tmp_path):
     """A real crash: `asymfuse train ames` is SIGKILLed in its second epoch, then resumed with
     --resume; the model, the best epoch and its λ/γ end equal to an uninterrupted run."""
-    import os
     import signal
     import subprocess
     import sys
-    import time
+
+    from tests.cloud.train.conftest import kill_in_epoch
 
     # batch 1 and a few thousand steps per epoch leave a wide window to land the kill mid-epoch
     cfg = _cfg(ames_setup, epochs=3, batch_size=1, log_every=1, universal=[3, 12])
@@ -273,18 +273,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(ames_setup, tmp_p
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "asymfuse.cloud.cli.main", "train", "ames", "--config", str(tmp_path / "cfg.json"),
            "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            log = run / "metrics.jsonl"
-            lines = [json.loads(x) for x in (log.read_text().splitlines() if log.is_file() else []) if x.strip()]
-            if any(r.get("epoch") == 1 and "step" in r for r in lines):
-                os.kill(proc.pid, signal.SIGKILL)  # mid-epoch 2: last.pt holds epoch 1 only
-                break
-            time.sleep(0.02)
-    finally:
-        proc.wait(timeout=60)
+    proc = kill_in_epoch(cmd, run, epoch=1)  # mid-epoch 2: last.pt holds epoch 1 only
     assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-training: {proc.stderr.read()[-2000:]}"
     killed_at = torch.load(run / "last.pt", weights_only=True)["epoch"]
     assert killed_at < 3 and not (run / "ames.pt").exists()
