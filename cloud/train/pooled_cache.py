@@ -8,7 +8,7 @@ Each image set is cached once as ``<cache_dir>/<key>.npy``, ``(n, C)`` float32 (
 in float32, so the cache is lossless). The key hashes everything the rows depend on: the trunk's
 weights and BatchNorm statistics, GeM ``p`` and the pooling, the spec's input size and mean/std,
 ``preload_side`` and the image paths. A run with other weights or images gets other files; a file is
-written atomically and never rewritten.
+written atomically and rewritten only when it is unreadable or does not match its image set.
 """
 
 from __future__ import annotations

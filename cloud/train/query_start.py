@@ -27,7 +27,7 @@ import torch
 
 from asymfuse.cloud.data.records import TrainingSet
 from asymfuse.cloud.models.query_net import QueryNet
-from asymfuse.cloud.train.pooled_cache import cached_pooled, pooled_trunk_features  # noqa: F401 (pooled_trunk_features: re-exported)
+from asymfuse.cloud.train.pooled_cache import cached_pooled
 from asymfuse.edge.errors import ConfigError, ShapeError
 
 

@@ -9,8 +9,8 @@ import torch
 from asymfuse.cloud.data.records import TrainingSet
 from asymfuse.cloud.models.query_net import create_query_net
 from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
-from asymfuse.cloud.train.pooled_cache import cached_pooled, trunk_fingerprint
-from asymfuse.cloud.train.query_start import fit_query_head, pooled_trunk_features
+from asymfuse.cloud.train.pooled_cache import cached_pooled, pooled_trunk_features, trunk_fingerprint
+from asymfuse.cloud.train.query_start import fit_query_head
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,8 @@ import torch
 from asymfuse.cloud.models.query_net import create_query_net
 from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
 from asymfuse.cloud.data.records import TrainingSet
-from asymfuse.cloud.train.query_start import fit_query_head, pooled_trunk_features, ridge_map
+from asymfuse.cloud.train.pooled_cache import pooled_trunk_features
+from asymfuse.cloud.train.query_start import fit_query_head, ridge_map
 from asymfuse.edge.errors import ConfigError, ShapeError
 
 
