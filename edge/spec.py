@@ -29,8 +29,9 @@ RESIZE_POLICIES = ("squash", "center_crop", "letterbox")
 
 SPEC_KEY = "asymfuse.model_spec"
 """The metadata key under which every exported file (ONNX, TFLite, Core ML) stores its ModelSpec JSON."""
-POOLINGS = ("gem", "gem_l2", "avg", "max", "cls", "fusion_token", "none")
-"""How a model pools its trunk map; ``gem_l2`` is GeM followed by L2 normalisation (before the head)."""
+POOLINGS = ("gem", "gem_l2", "gem_sqrt_l2", "avg", "max", "cls", "fusion_token", "none")
+"""How a model pools its trunk map; ``gem_l2`` is GeM followed by L2 normalisation (before the head),
+``gem_sqrt_l2`` GeM, element-wise square root, then L2 normalisation."""
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -38,6 +38,7 @@ ROW_CONCAT, ROW_MLP, ROW_TRANSFORMER = "concat", "mlp", "transformer"
 ROW_JOINT, ROW_JOINT_ALPHA0, ROW_TWO_STAGE = "joint α=0.99", "joint α=0", "two-stage α=0.99"
 SINGLE_BASELINES = ("bct", "reg", "lce", "csd")
 START_SUFFIX = " (start)"  # the row of a run's closed-form start, next to the trained row
+ROW_SINGLE_START = "single-gallery" + START_SUFFIX  # the ridge start shared by the single-gallery baselines
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,21 @@ def single_gallery_asymmetric(ctx: BenchContext, *, scheme: str, feature: str) -
     return RowOutcome(metrics, history=clean_history(res.history), notes=f"best epoch {res.best_epoch}")
 
 
+def single_gallery_start(ctx: BenchContext, *, scheme: str, feature: str) -> RowOutcome:
+    """The untrained start of the :func:`single_gallery_asymmetric` run of ``scheme``: the query net
+    with its whitening head ridge-fitted onto ``feature`` (every baseline starts from this same head).
+
+    Raises:
+        ConfigError: the run wrote no start (no val split).
+    """
+    res = train_run(ctx, f"asym-{scheme}", scheme=scheme, gallery_features=(feature,))
+    _, start_query = _start_of(res)
+    g = single_vectors(table_for(ctx, [feature], part="test"))
+    q = embed_queries(start_query.to(ctx.device), ctx.test, device=ctx.device)
+    return RowOutcome(evaluate_aff(dataset=ctx.test, query_vectors=q, gallery_vectors=g),
+                      notes=f"before training (from the {scheme.upper()} run); every baseline starts here")
+
+
 def fused_asymmetric(ctx: BenchContext, run_name: str, **changes: Any) -> RowOutcome:
     """A query net trained against a fused gallery (scheme ``joint`` or ``two_stage``)."""
     reused = run_key(ctx, **changes) in ctx.runs

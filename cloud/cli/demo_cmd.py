@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
     from asymfuse.cloud.data.benchmark import BenchmarkConfig
     from asymfuse.cloud.demo.pipeline import DemoConfig, run_demo
 
+    if not getattr(args, "verbose", False):  # the in-process searcher's per-request access log (shown with -v)
+        logging.getLogger("asymfuse.service").setLevel(logging.WARNING)
     cfg = DemoConfig(out_dir=args.out, seed=args.seed, device=args.device,
                      benchmark=BenchmarkConfig(seed=args.seed), progress=not args.no_progress)
     report = run_demo(cfg)

@@ -54,6 +54,24 @@ def quiet_third_party() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ "I0000 ..." lines (op counts, oneDNN)
+    root = logging.getLogger()
+    if not any(isinstance(f, RootChatterFilter) for f in root.filters):
+        root.addFilter(RootChatterFilter())
+
+
+class RootChatterFilter(logging.Filter):
+    """Drops what converters log on the *root* logger below WARNING (LiteRT-Torch's "Use JAX lowering"
+    per op; asymfuse logs under ``asymfuse.*`` only), and LiteRT-Torch's "converted in training mode"
+    warning, which it raises for every PT2E-quantized graph: :mod:`asymfuse.export.tflite` passes the
+    module in eval mode, and only the quantized graph it exports carries a training flag."""
+
+    TRAINING_MODE = "Your model is converted in training mode"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "root":
+            return True
+        return record.levelno >= logging.WARNING and not str(record.msg).startswith(self.TRAINING_MODE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,7 +66,7 @@ class TrainConfig:
                                         # (both shape the PCA start: unused by mlp or a random start, like the
                                         # other start options, so one tier config serves every mixer row)
     query_arch: str = "efficientnet_lite0"
-    query_pooling: str = "gem_l2"       # gem (paper) | gem_l2: GeM then L2 before the whitening layer
+    query_pooling: str = "gem_l2"       # gem (paper) | gem_l2: GeM, L2 | gem_sqrt_l2: GeM, sqrt, L2 (before the head)
     query_start: str = "ridge"          # random (paper) | ridge: whitening fitted onto the gallery targets
     query_start_ridge: float = 10.0     # ridge: regulariser relative to the mean feature energy
     query_pretrained: bool = True
@@ -129,7 +129,7 @@ class TrainConfig:
         check_choice("bn_mode", self.bn_mode, BN_MODES)
         check_choice("mixer_start", self.mixer_start, MIXER_STARTS)
         check_choice("query_start", self.query_start, QUERY_STARTS)
-        check_choice("query_pooling", self.query_pooling, ("gem", "gem_l2"))
+        check_choice("query_pooling", self.query_pooling, ("gem", "gem_l2", "gem_sqrt_l2"))
         check_choice("query_inputs", self.query_inputs, QUERY_INPUTS)
         check_choice("data_source", self.data_source, DATA_SOURCES)
         check_choice("precision", self.precision, ("fp32", "bf16", "fp16"))

@@ -133,3 +133,15 @@ def test_bench_aff_quick_tier(tmp_path):
     assert blocks == {"symmetric", "robustness", "asymmetric", "query archs"}
     for name in ("report.md", "curves.png", "map_vs_gflops.png"):
         assert (tmp_path / "b" / name).is_file(), name
+    # Quality floors (measured on 2 CPU cores, test mAP-M: gem_lite1 71.25, transformer start = trained
+    # 71.46; single-gallery ridge start 17.85, BCT 38.14, REG 21.89, LCE 37.77, CSD 38.87; joint 59.97).
+    # A regression fails here.
+    m = {(r["block"], r["row"]): r["mAP_medium"] for r in report["rows"]}
+    best_input = max(v for (block, row), v in m.items() if block == "symmetric" and row == "gem_lite1")
+    assert m["symmetric", "transformer"] >= best_input - 0.5, m
+    assert m["symmetric", "transformer"] >= m["symmetric", "transformer (start)"] - 0.5, m
+    joint, start = m["asymmetric", "joint α=0.99"], m["asymmetric", "joint α=0.99 (start)"]
+    assert joint >= 57.0 and joint >= 0.8 * m["symmetric", "transformer"] and joint >= start - 1.0, m
+    singles = {s: m["asymmetric", s] for s in ("bct", "reg", "lce", "csd")}
+    assert all(v >= m["asymmetric", "single-gallery (start)"] - 1.0 for v in singles.values()), m
+    assert joint >= max(singles.values()) + 10.0, m  # the AFF claim, with a margin

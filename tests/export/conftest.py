@@ -32,7 +32,7 @@ def photos() -> list[np.ndarray]:
     return base + crops
 
 
-def tiny_query_net(*, size: int = TINY_SIZE, embed_dim: int = 32, seed: int = 0) -> QueryNet:
+def tiny_query_net(*, size: int = TINY_SIZE, embed_dim: int = 32, seed: int = 0, pooling: str = "gem") -> QueryNet:
     """A QueryNet with a 4-conv trunk (conv-BN-ReLU6, stride 16), deterministic weights, eval mode."""
     torch.manual_seed(seed)
     chans = (3, 16, 24, 32, 48)
@@ -45,7 +45,8 @@ def tiny_query_net(*, size: int = TINY_SIZE, embed_dim: int = 32, seed: int = 0)
         layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), bn, nn.ReLU6()]
     trunk = Trunk(nn.Sequential(*layers), TrunkInfo(out_channels=chans[-1], stride=16, mean=IMAGENET_MEAN,
                                                     std=IMAGENET_STD))
-    spec = ModelSpec(arch="tinynet", embed_dim=embed_dim, input_size=(size, size), embedding_space_id="es-tiny-test")
+    spec = ModelSpec(arch="tinynet", embed_dim=embed_dim, input_size=(size, size), embedding_space_id="es-tiny-test",
+                     pooling=pooling)
     net = QueryNet(trunk=trunk, embed_dim=embed_dim, spec=spec, seed=seed).eval()
     center_whitening(net, preprocess(photos(), spec))
     return net
@@ -55,7 +56,7 @@ def center_whitening(net: QueryNet, x: np.ndarray) -> None:
     """Set the whitening bias to ``-W @ mean pooled feature`` (as PCA whitening does), so a random
     net's embeddings differ between images and cosine parity is a meaningful test."""
     with torch.no_grad():
-        pooled = net.pool(net.forward_features(torch.from_numpy(x)))
+        pooled = net.pooled(net.forward_features(torch.from_numpy(x)))
         net.whiten.bias.copy_(-net.whiten.weight @ pooled.mean(0))
 
 

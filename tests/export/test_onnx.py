@@ -163,3 +163,20 @@ def test_pretrained_lite0_224_passes_the_gate_except_int8_dynamic_which_stays_wi
 
         xfail_int8_without_vnni(precision, out.status, out.reason)
         assert out.status == "passed", (precision, out.reason, out.parity)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_square_root_pooling_exports_with_parity(tmp_path, images, precision):
+    from tests.export.conftest import tiny_query_net
+
+    net = tiny_query_net(pooling="gem_sqrt_l2")
+    art = create_exporter("onnx")(net, model_spec=net.spec, out=tmp_path, calibration=images[::2],
+                                  export=ExportSpec(format="onnx", precision=precision, input_size=TINY_SIZE,
+                                                    calibration_images=24))
+    ref = torch_embed(net, images[1::2])
+    cos = cosine_rows(load_runner(art.path, num_threads=1).run(images[1::2]), ref)
+    from tests.export.conftest import xfail_int8_without_vnni
+
+    xfail_int8_without_vnni(precision, "passed" if cos.min() >= THRESHOLDS[precision] else "failed", str(cos.min()))
+    assert cos.min() >= THRESHOLDS[precision], (precision, cos.min())
+    assert read_model_spec(art.path).pooling == "gem_sqrt_l2"

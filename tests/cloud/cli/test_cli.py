@@ -95,3 +95,20 @@ def test_every_command_is_in_the_readme_command_table():
         names = [f"{name} {child}" for child in nested[0].choices] if nested else [name]
         missing = [n for n in names if f"`asymfuse {n}" not in table]
         assert not missing, f"README command table lacks {missing}"
+
+
+def test_root_chatter_filter_drops_converter_info_and_the_false_training_mode_warning():
+    import logging
+
+    from asymfuse.cloud.cli.main import RootChatterFilter
+
+    f = RootChatterFilter()
+
+    def rec(name, level, msg):
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    assert not f.filter(rec("root", logging.INFO, "Use JAX lowering: aten.mm"))
+    assert not f.filter(rec("root", logging.WARNING, RootChatterFilter.TRAINING_MODE + ". Please set ..."))
+    assert f.filter(rec("root", logging.WARNING, "some other converter warning"))
+    assert f.filter(rec("asymfuse.train", logging.INFO, "epoch 1"))  # named loggers are untouched
+    assert f.filter(rec("asymfuse.export", logging.INFO, RootChatterFilter.TRAINING_MODE))

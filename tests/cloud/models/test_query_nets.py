@@ -154,3 +154,23 @@ def test_missing_or_mismatched_checkpoint_names_the_fix(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CorruptDataError, match="unreadable"):
         load_query_net(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("pooling", ["gem", "gem_l2", "gem_sqrt_l2"])
+def test_pooling_variants_match_a_hand_computed_reference_and_survive_a_checkpoint(pooling, tmp_path):
+    net = create_query_net("mobilenet_v2", embed_dim=16, input_size=64, pooling=pooling, seed=1).eval()
+    feats = torch.rand(3, 1280, 2, 2) * torch.tensor([1.0, 5.0, 0.2]).view(3, 1, 1, 1)
+    ref = feats.clamp_min(1e-6).pow(3).mean(dim=(-2, -1)).pow(1 / 3)
+    if pooling == "gem_sqrt_l2":
+        ref = ref.sqrt()
+    if pooling != "gem":
+        ref = ref / ref.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        torch.testing.assert_close(net.pooled(feats), ref)
+        if pooling != "gem":  # the input's scale is gone before the head
+            torch.testing.assert_close(net.pooled(feats * 7.0), ref, rtol=1e-5, atol=1e-6)
+    back, info = load_query_net(save_query_net(net, tmp_path / "q.pt"))
+    assert info.model_spec.pooling == pooling
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x))
