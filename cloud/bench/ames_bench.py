@@ -6,9 +6,11 @@ quality-row setting; the memory and asymmetry rows reuse them); test-split revis
 Medium/Hard is reported. The global search is one global feature (``gem_lite2``, the best single
 one of ``bench aff``) with an exact faiss index; AMES re-scores its top ``top_m`` = 100. Blocks:
 
-- quality: global alone; + AMES fp / binary / universal (random lengths) / distilled (binary
-  student with ``lq``/``lx`` descriptors, the fp row's model as teacher with ``teacher_l``), per
-  local feature (``local_lite2``: Lite2 map cells, 120-d; ``sift``: 128-d);
+- quality: global alone; + mutual NN (the untrained baseline: mutual-nearest-neighbour counts of
+  the float descriptors, :mod:`asymfuse.cloud.ames.mutual_nn`); + AMES fp / binary / universal
+  (random lengths) / distilled (binary student with ``lq``/``lx`` descriptors, the fp row's model
+  as teacher with ``teacher_l``), per local feature (``local_lite2``: Lite2 map cells, 120-d;
+  ``sift``: 128-d);
 - memory: a PQ global code (faiss ``IndexPQ``, ``pq_m`` x ``pq_nbits`` bits, trained on the train
   split's globals) with and without ``L_x`` packed binary descriptors (16 bytes each);
 - asymmetry: ``L_q`` x ``L_x`` with the binary model (universal if trained);
@@ -38,6 +40,7 @@ from asymfuse.cloud.bench.ames_prep import AMESContext, prepare
 from asymfuse.cloud.bench.ames_report import (
     ROW_FAST,
     ROW_GLOBAL,
+    ROW_MUTUAL_NN,
     ROW_REFERENCE,
     VARIANT_ROWS,
     AMESRow,
@@ -49,6 +52,7 @@ from asymfuse.cloud.bench.ames_rows import (
     global_row,
     latency_rows,
     memory_row,
+    mutual_nn_row,
     pq_row,
     quality_row,
     with_runtime,
@@ -97,6 +101,7 @@ def _plan(cfg: AMESBenchConfig, ctx: AMESContext) -> list[PlanItem]:
     if "quality" in cfg.blocks:
         plan.append(("quality", ROW_GLOBAL, cfg.global_feature, lambda: global_row(ctx)))
         for local in cfg.local_features:
+            plan.append(("quality", ROW_MUTUAL_NN, local, lambda lo=local: mutual_nn_row(ctx, local=lo)))
             for variant in cfg.variants:
                 plan.append(("quality", VARIANT_ROWS[variant], local,
                              lambda lo=local, v=variant: quality_row(ctx, local=lo, variant=v)))

@@ -47,6 +47,7 @@ ROW_FP, ROW_BINARY, ROW_UNIVERSAL, ROW_DISTILLED = ("+ AMES fp", "+ AMES binary"
                                                    "+ AMES distilled")
 VARIANT_ROWS = {"fp": ROW_FP, "binary": ROW_BINARY, "universal": ROW_UNIVERSAL, "distilled": ROW_DISTILLED}
 ROW_FAST, ROW_REFERENCE = "fast path", "reference path"
+ROW_MUTUAL_NN = "+ mutual NN (untrained)"  # the cheap local baseline (asymfuse.cloud.ames.mutual_nn)
 
 COLUMNS = {
     "quality": ("row", "local", "setting", "L_q", "L_x", "mAP_medium", "mAP_hard", "Δ_medium", "Δ_hard",
@@ -240,6 +241,9 @@ def check_claims(rows: Sequence[AMESRow]) -> list[dict[str, Any]]:
             if row in have:
                 out.append(_claim(f"{row} ({local}) beats the global search alone", "—", have[row], glob,
                                   (row, ROW_GLOBAL)))
+            if row in have and ROW_MUTUAL_NN in have:
+                out.append(_claim(f"{row} ({local}) beats the untrained mutual-NN re-ranking", "—", have[row],
+                                  have[ROW_MUTUAL_NN], (row, ROW_MUTUAL_NN)))
         if ROW_DISTILLED in have and ROW_BINARY in have:
             out.append(_claim(f"distillation helps the binary student ({local})", "—", have[ROW_DISTILLED],
                               have[ROW_BINARY], (ROW_DISTILLED, ROW_BINARY)))

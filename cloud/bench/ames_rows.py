@@ -27,6 +27,7 @@ from asymfuse.cloud.bench.ames_report import (
     FP16_TOKEN_BYTES,
     ROW_FAST,
     ROW_GLOBAL,
+    ROW_MUTUAL_NN,
     ROW_REFERENCE,
     VARIANT_ROWS,
     AMESRow,
@@ -183,6 +184,35 @@ def quality_row(ctx: AMESContext, *, local: str, variant: str) -> AMESRow:
     return _row("quality", VARIANT_ROWS[variant], _settings(ctx)[variant], local, test.ames_metrics, lq=c.lq, lx=c.lx,
                 bytes_per_image=float(image_bytes(global_bytes=xb_bytes, lx=c.lx, bytes_per_descriptor=per_desc)),
                 ms_per_query=ms, lam=lam, gamma=gamma, notes=notes, history=history)
+
+
+def mutual_nn_row(ctx: AMESContext, *, local: str) -> AMESRow:
+    """The untrained baseline: mutual-nearest-neighbour counts of the float descriptors
+    (:mod:`asymfuse.cloud.ames.mutual_nn`) re-rank the same global top-m, λ/γ chosen on val."""
+    from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
+    from asymfuse.cloud.ames.mutual_nn import MutualNNScorer
+    from asymfuse.cloud.ames.options import RerankOptions
+
+    c = ctx.cfg
+
+    def run(part: str, lam: float, gamma: float) -> Any:
+        xq, xb = ctx.globals(part)
+        return evaluate_ames(dataset=ctx.dataset(part), xq=xq, xb=xb, query_locals=ctx.locals(local, part, "queries"),
+                             gallery=ctx.locals(local, part, "gallery"), scorer=MutualNNScorer(),
+                             options=RerankOptions(top_m=c.top_m, lam=lam, gamma=gamma, lq=c.lq, lx=c.lx))
+
+    val = run("val", 0.5, 1.0)
+    lam, gamma, _ = select_ensemble(dataset=ctx.val, global_scores=val.global_scores, topm=val.topm,
+                                    logits=val.logits, full_ranks=val.ranks)
+    t0 = time.perf_counter()
+    test = run("test", lam, gamma)
+    ms = 1000.0 * (time.perf_counter() - t0) / max(1, ctx.test.nq)
+    dim = ctx.locals(local, "test", "gallery").dim
+    xb_bytes = 4 * ctx.globals("test")[1].shape[1]
+    return _row("quality", ROW_MUTUAL_NN, f"mutual nearest neighbours, float descriptors, L_q = L_x = {c.lq}", local,
+                test.ames_metrics, lq=c.lq, lx=c.lx, lam=float(lam), gamma=float(gamma), ms_per_query=ms,
+                bytes_per_image=float(image_bytes(global_bytes=xb_bytes, lx=c.lx, bytes_per_descriptor=4 * dim)),
+                notes="no training: logit = mutual-NN count / 4; the baseline a learned re-ranker must beat")
 
 
 def pq_row(ctx: AMESContext) -> AMESRow:

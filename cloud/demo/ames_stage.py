@@ -13,7 +13,10 @@ score only) is in the grid, so a re-ranker that does not help on val is switched
 allowed to hurt. A search given without val vectors uses the trainer's λ/γ (chosen on the
 ``global_feature`` val search). The test gallery is packed (16 bytes per descriptor) and every
 search's top-``top_m`` is re-ranked. One row per search: ``"<search> + AMES"``, next to the
-search's own row. The run folder is ``<out>/ames``.
+search's own row; then one ``"<search> + mutual NN"`` row per search: the untrained baseline
+(:mod:`asymfuse.cloud.ames.mutual_nn`, mutual-nearest-neighbour counts of the same float
+descriptors, λ/γ chosen on val by the same rule) that a learned re-ranker must beat. The run folder
+is ``<out>/ames``.
 """
 
 from __future__ import annotations
@@ -171,7 +174,40 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
                          "lam": w.lam, "gamma": w.gamma, "weights_chosen_on": w.chosen_on,
                          **{k: v for k, v in res.ames_metrics.items() if isinstance(v, (int, float))}})
         bytes_per_image = packed.bytes_per_image(cfg.lx)
+    test_locals = (queries, locals_of("test", test, "gallery", cfg.lx))
+    rows += _mutual_nn_rows(cfg, searches=searches, test=test, test_locals=test_locals, val=val, val_locals=val_locals)
     return AMESStageResult(rows=tuple(rows), run_dir=out_dir, checkpoint=Path(result.checkpoint),
                            local_feature=cfg.local_feature, lq=cfg.lq, lx=cfg.lx, top_m=cfg.top_m, epochs=cfg.epochs,
                            lam=result.lam, gamma=result.gamma, train_runtime_s=float(result.runtime_s),
                            local_bytes_per_image=int(bytes_per_image), weights=weights)
+
+
+def _mutual_nn_rows(cfg: AMESTrainConfig, *, searches: Searches, test: RetrievalDataset,
+                    test_locals: tuple[Any, Any], val: RetrievalDataset | None,
+                    val_locals: tuple[Any, Any] | None) -> list[dict[str, Any]]:
+    """The untrained local baseline next to AMES: mutual-nearest-neighbour counts of the same float
+    descriptors (first ``lq`` / ``lx``) re-rank each search's top-m; λ/γ chosen on that search's val
+    vectors with the same rule as AMES (:data:`VAL_MIN_GAIN`), else λ = 1 (off)."""
+    from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
+    from asymfuse.cloud.ames.mutual_nn import MutualNNScorer
+    from asymfuse.cloud.ames.options import RerankOptions
+
+    base, scorer = RerankOptions(top_m=cfg.top_m, lq=cfg.lq, lx=cfg.lx), MutualNNScorer()
+    rows = []
+    for label, parts in searches.items():
+        lam, gamma, chosen_on = 1.0, 1.0, "no val vectors: off"
+        if "val" in parts and val is not None and val_locals is not None:
+            xq, xb = parts["val"]
+            res = evaluate_ames(dataset=val, xq=xq, xb=xb, query_locals=val_locals[0], gallery=val_locals[1],
+                                scorer=scorer, options=base)
+            lam, gamma, _ = select_ensemble(dataset=val, global_scores=res.global_scores, topm=res.topm,
+                                            logits=res.logits, full_ranks=res.ranks, metric=cfg.select_metric,
+                                            min_gain=VAL_MIN_GAIN)
+            chosen_on = "this search on val"
+        xq, xb = parts["test"]
+        res = evaluate_ames(dataset=test, xq=xq, xb=xb, query_locals=test_locals[0], gallery=test_locals[1],
+                            scorer=scorer, options=replace(base, lam=lam, gamma=gamma))
+        rows.append({"feature": f"{label} + mutual NN", "kind": "mutual-NN re-ranking (untrained)",
+                     "dim": int(xb.shape[1]), "lam": lam, "gamma": gamma, "weights_chosen_on": chosen_on,
+                     **{k: v for k, v in res.ames_metrics.items() if isinstance(v, (int, float))}})
+    return rows

@@ -71,7 +71,8 @@ class EnsembleWeights:
 
 @dataclass(frozen=True)
 class AMESStageResult:
-    """The AMES stage: one ``"<search> + AMES"`` row per search, the model and its settings."""
+    """The AMES stage: one ``"<search> + AMES"`` row per search, then one ``"<search> + mutual NN"``
+    row per search (the untrained baseline), the model and its settings."""
 
     rows: tuple[Row, ...]
     run_dir: Path

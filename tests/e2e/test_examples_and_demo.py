@@ -40,8 +40,8 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     assert names[:3] == ["gem_lite1", "sift+vlad8", "concat(gem_lite1 + sift+vlad8)"]
     assert [r["kind"] for r in report["rows"][3:]] == [
         "AFF start (closed form) symmetric", "AFF start (closed form) asymmetric", "AFF symmetric", "AFF asymmetric",
-        "AMES re-ranking", "AMES re-ranking", "gRPC searcher", "exported query net", "exported query net",
-        "edge SDK → gRPC"]
+        "AMES re-ranking", "AMES re-ranking", "mutual-NN re-ranking (untrained)", "mutual-NN re-ranking (untrained)",
+        "gRPC searcher", "exported query net", "exported query net", "edge SDK → gRPC"]
     assert names[3].endswith("[start]") and names[3].removesuffix(" [start]") == names[5]
     assert names[7:9] == [f"{names[5]} + AMES", f"{names[6]} + AMES"]  # each AFF search, re-ranked
     for name in ("mixer.pt", "query_net.pt", "best.pt", "start.pt", "curves.png", "metrics.jsonl"):
@@ -49,7 +49,8 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     for name in ("ames.pt", "packed-test/ames_store.json", "metrics.jsonl"):
         assert (tmp_path / "demo" / "ames" / name).is_file(), name
     assert report["ames"]["local_bytes_per_image"] == 16 * report["ames"]["lx"]
-    grpc_row = report["rows"][9]  # the phone flow through the searcher equals the offline evaluation
+    assert names[9:11] == [f"{names[5]} + mutual NN", f"{names[6]} + mutual NN"]
+    grpc_row = report["rows"][11]  # the phone flow through the searcher equals the offline evaluation
     assert grpc_row["feature"] == f"{names[6]} + AMES via gRPC"
     assert report["serve"]["rankings_equal"] == report["serve"]["queries"] == report["dataset"]["queries"]
     assert grpc_row["mAP_medium"] == pytest.approx(report["rows"][8]["mAP_medium"], abs=1e-6)
@@ -87,7 +88,7 @@ def test_readme_demo_command(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     rows = report["rows"]
-    assert len(rows) == 17 and report["dataset"]["queries"] >= 20
+    assert len(rows) == 19 and report["dataset"]["queries"] >= 20
     assert [r["kind"] for r in rows[9:11]] == ["AMES re-ranking", "AMES re-ranking"]
     # Quality floors (measured on 2 CPU cores: gem_lite1 71.25, AFF start symmetric 71.46 and asymmetric
     # Lite0@224 59.97 (frozen trunk, cached rows; 49.60 at 128 px) with 8 crop views, SIFT at half weight,
@@ -103,14 +104,14 @@ def test_readme_demo_command(tmp_path):
     # 15 queries); the floor allows that noise, not a collapse
     assert rows[9]["mAP_medium"] >= rows[7]["mAP_medium"] - 1.5
     assert rows[10]["mAP_medium"] >= rows[8]["mAP_medium"] - 1.5
-    assert rows[11]["kind"] == "gRPC searcher" and rows[11]["mAP_medium"] == pytest.approx(rows[10]["mAP_medium"])
+    assert rows[13]["kind"] == "gRPC searcher" and rows[13]["mAP_medium"] == pytest.approx(rows[10]["mAP_medium"])
     assert report["serve"]["rankings_equal"] == report["serve"]["queries"]
-    exported = {r["feature"].split("[")[1].split("]")[0]: r for r in rows[12:16]}
+    exported = {r["feature"].split("[")[1].split("]")[0]: r for r in rows[14:18]}
     assert sorted(exported) == ["onnx fp32", "onnx int8", "tflite fp32", "tflite int8"]
     assert exported["onnx fp32"]["status"] == exported["tflite fp32"]["status"] == "passed"
     assert all(r["status"] in ("passed", "failed") for r in exported.values())  # a gate verdict, not a crash
     assert "## Exported query net" in res.stdout
-    edge = rows[16]  # the edge SDK on the int8 TFLite file, through the same searcher
+    edge = rows[18]  # the edge SDK on the int8 TFLite file, through the same searcher
     assert edge["kind"] == "edge SDK → gRPC" and "[tflite int8]" in edge["feature"]
     if edge["gate_status"] == "passed":  # a file that passed the gate keeps the torch mAP within 1 point
         assert report["edge"]["within_gate"], report["edge"]

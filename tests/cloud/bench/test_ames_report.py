@@ -13,6 +13,7 @@ from asymfuse.cloud.bench.ames_report import (
     ROW_FAST,
     ROW_FP,
     ROW_GLOBAL,
+    ROW_MUTUAL_NN,
     ROW_REFERENCE,
     AMESRow,
     check_claims,
@@ -103,6 +104,12 @@ def test_claims_are_checked_on_the_table():
     flipped = {c["claim"]: c for c in check_claims(worse)}[f"{ROW_BINARY} (local_lite2) beats the global search alone"]
     assert flipped["held"] is False and flipped["verdict"] == "did not hold"
     assert check_claims([r for r in hand_made_rows() if r.block == "latency"]) == []
+    assert not any("mutual-NN" in c["claim"] for c in claims.values())  # no baseline row, no claim
+    with_nn = hand_made_rows() + [AMESRow("quality", ROW_MUTUAL_NN, "mutual NN", "local_lite2", 76.0, 55.0)]
+    vs_nn = {c["claim"]: c for c in check_claims(with_nn)}
+    fp_nn = vs_nn[f"{ROW_FP} (local_lite2) beats the untrained mutual-NN re-ranking"]
+    assert fp_nn["ours"] == (74.0, 76.0) and fp_nn["verdict"] == "did not hold"
+    assert vs_nn[f"{ROW_BINARY} (local_lite2) beats the untrained mutual-NN re-ranking"]["held"] is False
 
 
 def test_markdown_has_every_block_row_and_the_runtime():
