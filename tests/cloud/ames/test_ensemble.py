@@ -153,8 +153,10 @@ def test_evaluate_ames_global_metrics_equal_a_plain_search(toy_setup):
     assert np.isnan(res.logits[3]).all() and not np.isnan(res.logits[:3]).any()
     for i in range(3):
         desc, pad = queries.descriptors([i])
+        # batched and single scoring differ in float32 summation order: logits reach ~40 here, so allow
+        # 1e-4 absolute (a wrong candidate or mask would be off by whole units)
         np.testing.assert_allclose(res.logits[i], scorer.score(desc[0], pad[0], gallery, res.topm[i], lx=5),
-                                   rtol=1e-5, atol=1e-5)
+                                   rtol=1e-5, atol=1e-4)
         one = rerank(desc[0], res.topm[i], res.global_scores[i], options=options, scorer=scorer, gallery=gallery,
                      q_pad=pad[0])
         np.testing.assert_array_equal(res.ames_ranks[:10, i], one.ids)

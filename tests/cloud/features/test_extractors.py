@@ -111,6 +111,17 @@ def test_rootsift_is_the_square_root_of_l1_normalised_sift(photos):
     np.testing.assert_allclose(root.descriptors[0, :n], root_normalize(sift.descriptors[0, :n]), atol=1e-5)
 
 
+def test_sift_threads_change_nothing_but_speed(photos):
+    from asymfuse.cloud.features.sift import SiftExtractor
+
+    images = photos + [p[::2, ::2] for p in photos]  # 6 images of different sizes, one grey
+    one = SiftExtractor(name="sift", root=False, max_local=128, threads=1).extract(images)
+    two = SiftExtractor(name="sift", root=False, max_local=128, threads=2).extract(images)
+    for field in ("descriptors", "weights", "mask", "xy", "scale"):
+        np.testing.assert_array_equal(getattr(two, field), getattr(one, field), err_msg=field)
+    assert (one.counts > 50).all()  # real keypoints on every photo, so the comparison has teeth
+
+
 def test_onnx_extractor_matches_torch(onnx_model, photos):
     model, path, spec = onnx_model
     ex = create_feature_extractor("onnx_global", model_path=path, model_spec=spec)
