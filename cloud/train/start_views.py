@@ -63,7 +63,8 @@ def crop_views(training_set: TrainingSet, *, features_dir: str | os.PathLike[str
                 top, left, h, w = crop_box(img.shape[0], img.shape[1], rng=np.random.default_rng([seed, i, k]),
                                            cfg=cfg)
                 crop = Image.fromarray(np.ascontiguousarray(img[top:top + h, left:left + w]))
-                atomic_write(target, lambda fh, c=crop: c.save(fh, format="PNG"))
+                # lossless at any level; level 1 writes a crop in ~10 ms instead of ~35 ms (2,400 crops per demo)
+                atomic_write(target, lambda fh, c=crop: c.save(fh, format="PNG", compress_level=1))
         paths += targets
         labels += [int(label)] * views
     return TrainingSet(name=f"{training_set.name}-crops", root=folder, paths=tuple(paths),

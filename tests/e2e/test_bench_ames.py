@@ -22,7 +22,9 @@ def test_bench_ames_quick_tier(tmp_path):
     assert not failed, failed
     assert {r["block"] for r in rows} == {"quality", "memory", "asymmetry", "latency"}
     quality = {r["row"] for r in rows if r["block"] == "quality"}
-    assert {"global", "+ AMES fp", "+ AMES binary"} <= quality
+    assert {"global", "+ mutual NN (untrained)", "+ AMES fp", "+ AMES binary"} <= quality
+    claims = {c["claim"] for c in report["claims"]}
+    assert "+ AMES binary (sift) beats the untrained mutual-NN re-ranking" in claims
     for r in rows:
         if r["block"] != "latency":
             assert 0.0 <= r["mAP_medium"] <= 100.0 and 0.0 <= r["mAP_hard"] <= 100.0, r
