@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from asymfuse.edge.errors import AsymfuseError
@@ -47,6 +48,11 @@ QUIET_LOGGERS = ("faiss", "onnx_ir", "onnxscript", "torch.onnx", "root.litert_to
 exporter: each initializer it de-duplicates); shown again with ``-v``."""
 
 
+ENVIRONMENT_LOGGERS = ("torchao", "torch.utils._pytree")
+"""Loggers that warn about the environment, not the run, on every export (torchao: its CUDA kernels
+do not load on a CPU host; torch's pytree: an Enum registration deprecation); errors still show."""
+
+
 def quiet_third_party() -> None:
     """Hide the converters' progress chatter: the loggers above at WARNING, and LiteRT-Torch's
     console progress (hundreds of "Run Decompositions" / "MLIR Module" lines per TFLite file),
@@ -54,7 +60,11 @@ def quiet_third_party() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ "I0000 ..." lines (op counts, oneDNN)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ "I0000 ..." op-count lines
+    for name in ENVIRONMENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # torch's pytree deprecation, raised once per exported graph by the PT2E quantizer's pickling
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
     root = logging.getLogger()
     if not any(isinstance(f, RootChatterFilter) for f in root.filters):
         root.addFilter(RootChatterFilter())
