@@ -57,7 +57,7 @@ def mutual_nn_counts(query: np.ndarray, query_pad: np.ndarray, gallery: np.ndarr
     best_x = sim.argmax(axis=2)  # (m, L_q): each query descriptor's nearest gallery descriptor
     best_q = sim.argmax(axis=1)  # (m, L_x): each gallery descriptor's nearest query descriptor
     back = np.take_along_axis(best_q, best_x, axis=1)  # (m, L_q)
-    valid = ~qp[None, :] & ~np.take_along_axis(xp, best_x, axis=1) & np.isfinite(sim.max(axis=2))
+    valid = np.isfinite(sim.max(axis=2))  # a valid query descriptor with at least one valid gallery one
     return ((back == np.arange(q.shape[0])[None, :]) & valid).sum(axis=1).astype(np.int64)
 
 

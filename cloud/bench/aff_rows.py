@@ -181,10 +181,8 @@ def _start_of(res: Any) -> tuple[torch.nn.Module, Any]:
 def single_gallery_asymmetric(ctx: BenchContext, *, scheme: str, feature: str) -> RowOutcome:
     """A query net trained with a compatible baseline against ONE frozen global gallery feature."""
     res = train_run(ctx, f"asym-{scheme}", scheme=scheme, gallery_features=(feature,))
-    g = single_vectors(table_for(ctx, [feature], part="test"))
-    q = embed_queries(res.query_net.to(ctx.device), ctx.test, device=ctx.device)
-    metrics = evaluate_aff(dataset=ctx.test, query_vectors=q, gallery_vectors=g)
-    return RowOutcome(metrics, history=clean_history(res.history), notes=f"best epoch {res.best_epoch}")
+    return RowOutcome(_against_feature(ctx, res.query_net, feature), history=clean_history(res.history),
+                      notes=f"best epoch {res.best_epoch}")
 
 
 def single_gallery_start(ctx: BenchContext, *, scheme: str, feature: str) -> RowOutcome:
@@ -196,10 +194,15 @@ def single_gallery_start(ctx: BenchContext, *, scheme: str, feature: str) -> Row
     """
     res = train_run(ctx, f"asym-{scheme}", scheme=scheme, gallery_features=(feature,))
     _, start_query = _start_of(res)
-    g = single_vectors(table_for(ctx, [feature], part="test"))
-    q = embed_queries(start_query.to(ctx.device), ctx.test, device=ctx.device)
-    return RowOutcome(evaluate_aff(dataset=ctx.test, query_vectors=q, gallery_vectors=g),
+    return RowOutcome(_against_feature(ctx, start_query, feature),
                       notes=f"before training (from the {scheme.upper()} run); every baseline starts here")
+
+
+def _against_feature(ctx: BenchContext, query_net: Any, feature: str) -> dict[str, Any]:
+    """Test metrics of ``query_net`` (on the query crops) against the stored gallery ``feature``."""
+    g = single_vectors(table_for(ctx, [feature], part="test"))
+    q = embed_queries(query_net.to(ctx.device), ctx.test, device=ctx.device)
+    return evaluate_aff(dataset=ctx.test, query_vectors=q, gallery_vectors=g)
 
 
 def fused_asymmetric(ctx: BenchContext, run_name: str, **changes: Any) -> RowOutcome:

@@ -158,7 +158,7 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
                                             logits=res.logits, full_ranks=res.ranks, metric=cfg.select_metric,
                                             min_gain=VAL_MIN_GAIN)
             weights[label] = EnsembleWeights(lam, gamma, "this search on val")
-    locals_of("test", test, "gallery")  # extract if missing
+    test_gallery = locals_of("test", test, "gallery", cfg.lx)  # extracts the store if missing
     with FeatureStore.open(store_path(feats, cfg.local_feature, "test", "gallery"), verify="none") as store:
         packed = build_packed_store(result.model, store, out_dir / "packed-test", max_local=cfg.lx,
                                     device=cfg.device, overwrite=True)
@@ -174,8 +174,8 @@ def run_ames_stage(cfg: AMESTrainConfig, *, test: RetrievalDataset, searches: Se
                          "lam": w.lam, "gamma": w.gamma, "weights_chosen_on": w.chosen_on,
                          **{k: v for k, v in res.ames_metrics.items() if isinstance(v, (int, float))}})
         bytes_per_image = packed.bytes_per_image(cfg.lx)
-    test_locals = (queries, locals_of("test", test, "gallery", cfg.lx))
-    rows += _mutual_nn_rows(cfg, searches=searches, test=test, test_locals=test_locals, val=val, val_locals=val_locals)
+    rows += _mutual_nn_rows(cfg, searches=searches, test=test, test_locals=(queries, test_gallery), val=val,
+                            val_locals=val_locals)
     return AMESStageResult(rows=tuple(rows), run_dir=out_dir, checkpoint=Path(result.checkpoint),
                            local_feature=cfg.local_feature, lq=cfg.lq, lx=cfg.lx, top_m=cfg.top_m, epochs=cfg.epochs,
                            lam=result.lam, gamma=result.gamma, train_runtime_s=float(result.runtime_s),

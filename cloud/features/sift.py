@@ -63,13 +63,15 @@ class SiftExtractor(FeatureExtractor):
         out = LocalFeatures(np.zeros((b, L, 128), np.float32), np.zeros((b, L), np.float32),
                             np.ones((b, L), bool), np.zeros((b, L, 2), np.float32),
                             np.zeros((b, L), np.float32))
-        workers = min(self.threads, b)
-        if workers <= 1:
-            for i, img in enumerate(images):
-                self._fill(i, as_rgb_uint8(img), out)
-            return out
-        with ThreadPoolExecutor(max_workers=workers) as pool:  # each call fills its own row of ``out``
-            list(pool.map(lambda i: self._fill(i, as_rgb_uint8(images[i]), out), range(b)))
+        def fill(i: int) -> None:  # each call fills its own row of ``out``
+            self._fill(i, as_rgb_uint8(images[i]), out)
+
+        if min(self.threads, b) <= 1:
+            for i in range(b):
+                fill(i)
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.threads, b)) as pool:
+                list(pool.map(fill, range(b)))
         return out
 
     def _detector(self):  # type: ignore[no-untyped-def]
