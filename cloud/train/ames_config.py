@@ -36,6 +36,7 @@ from asymfuse.edge.errors import ConfigError
 DATA_SOURCES = ("benchmark", "gldv2", "folder")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SELECT_METRICS = ("mAP_medium", "mAP_hard", "mAP_easy")
+STARTS = ("random", "match")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ class AMESTrainConfig:
     layers: int = AMESConfig.layers
     ffn_dim: int = AMESConfig.ffn_dim
     activation: str = AMESConfig.activation
+    # start: "random" (the published init) or "match" (cloud/ames/match_init.py: the untrained model
+    # already scores a soft count of matched descriptors; training refines it)
+    start: str = "random"
+    match_sharpness: float = 100.0
+    match_contrast: float = 0.1
     # descriptor counts
     lq: int = 64                        # query descriptors per pair (fixed training; validation)
     lx: int = 64                        # gallery descriptors per pair
@@ -100,6 +106,7 @@ class AMESTrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("select_metric", self.select_metric, SELECT_METRICS)
+        check_choice("start", self.start, STARTS)
         object.__setattr__(self, "universal", tuple(self.universal))
         for name in ("model_dim", "heads", "layers", "ffn_dim", "lq", "lx", "teacher_lq", "teacher_lx",
                      "hard_negatives_k", "epochs", "batch_size", "top_m", "val_every", "log_every"):
@@ -124,6 +131,8 @@ class AMESTrainConfig:
             raise ConfigError(f"pos_fraction must lie in [0, 1], got {self.pos_fraction!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if self.start == "match":
+            self.match_start()  # its own checks (sharpness > 0, finite numbers)
         for name in ("weight_decay", "grad_clip", "beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -159,6 +168,12 @@ class AMESTrainConfig:
     def val_global(self) -> str:
         """The global feature of the val split."""
         return self.val_global_feature or self.global_feature
+
+    def match_start(self) -> Any:
+        """The :class:`~asymfuse.cloud.ames.match_init.MatchStart` of ``start="match"``."""
+        from asymfuse.cloud.ames.match_init import MatchStart
+
+        return MatchStart(sharpness=self.match_sharpness, contrast=self.match_contrast)
 
     def model_kwargs(self) -> dict[str, Any]:
         """The architecture keywords of :func:`asymfuse.cloud.ames.model.create_ames`."""

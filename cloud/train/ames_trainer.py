@@ -3,7 +3,9 @@
 One call runs a whole configuration (see :mod:`asymfuse.cloud.train.ames_config`) and leaves in
 ``out_dir``: ``last.pt`` (full training state, for ``resume``), ``best.pt`` (the same at the best
 val epoch), ``metrics.jsonl`` and ``ames.pt`` (the best model with the lambda/gamma of its val grid
-search, loadable by :func:`asymfuse.cloud.ames.checkpoint.load_ames`). Only rank 0 writes.
+search, loadable by :func:`asymfuse.cloud.ames.checkpoint.load_ames`). Only rank 0 writes. With
+``start="match"`` and a val split, the untrained start is validated first (history entry
+``epoch 0``) and stays the best model unless an epoch beats it on val.
 
 Loss of a batch of ``B`` pairs: ``BCE(logits, targets)`` (mean over pairs), plus with a teacher
 ``beta * MSE``. The MSE compares the student's and the teacher's *output* tokens (after the last
@@ -164,12 +166,18 @@ def train_ames(config: AMESTrainConfig, *, out_dir: str | Path, resume: bool = F
 
 def build_model(cfg: AMESTrainConfig, data: AMESData) -> AMES:
     """The student before its first step (CPU): seeded init; binary ``W`` from ITQ on the training
-    descriptors (the first ``max(lq, lx)`` slots of each image)."""
+    descriptors (the first ``max(lq, lx)`` slots of each image); with ``start="match"`` then the
+    matching start (:func:`asymfuse.cloud.ames.match_init.init_match_prior`) on the same descriptors."""
     model = create_ames(local_dim=data.locals.dim, seed=cfg.seed, **cfg.model_kwargs())
     if cfg.binary:
         from asymfuse.cloud.ames.binary import init_binary_projection
 
         init_binary_projection(model, data.locals.valid_descriptors(length=max(cfg.lq, cfg.lx)), seed=cfg.seed)
+    if cfg.start == "match":
+        from asymfuse.cloud.ames.match_init import init_match_prior
+
+        init_match_prior(model, data.locals.valid_descriptors(length=max(cfg.lq, cfg.lx)), start=cfg.match_start(),
+                         seed=cfg.seed)
     return model
 
 
@@ -238,6 +246,8 @@ class _Run(EpochRun):
         log = JsonlLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
         if resume:
             log.write({"event": "resume", "epoch": self.start_epoch})
+        if not resume and self.cfg.start == "match" and self.data.val is not None:
+            self._end_epoch(-1, {"epoch": 0, "start": True}, log)  # the start is a candidate for the best epoch
         model = self.ddp(self.model)
         loader, ds, sampler = self._loader()
         done = 0
@@ -283,8 +293,9 @@ class _Run(EpochRun):
                 "step_losses": parts["loss"], "step_lengths": step_lengths, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _end_epoch(self, epoch: int, record: dict[str, Any], log: JsonlLog) -> None:
+        """Validate after ``epoch`` (0-based; -1 = the untrained start) and save; track the best."""
         cfg = self.cfg
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == cfg.epochs or epoch < 0
         result: dict[str, Any] = {}
         if self.data.val is not None and ((epoch + 1) % cfg.val_every == 0 or last) and self.env.is_main:
             result = validate(self.model, self.data, cfg, device=self.device)

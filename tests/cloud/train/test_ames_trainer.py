@@ -82,6 +82,29 @@ def test_binary_run_starts_from_itq_and_loads_as_binary(ames_setup, tmp_path):
         load_ames(tmp_path / "ames.pt", variant="fp")
 
 
+def test_match_start_is_validated_first_and_competes_for_best(ames_setup, tmp_path):
+    """``start="match"``: the untrained model is written by the matching start (not the seeded init),
+    validated as epoch 0 before any step, and ``best`` is chosen over the start and every epoch."""
+    from asymfuse.cloud.ames.match_init import init_match_prior
+
+    cfg = _cfg(ames_setup, start="match", layers=3, epochs=2)
+    data = prepare_ames_data(cfg, is_main=True, barrier=lambda: None)
+    model = build_model(cfg, data)
+    want = create_ames(local_dim=LD, seed=0, **cfg.model_kwargs())
+    init_match_prior(want, data.locals.valid_descriptors(length=L), start=cfg.match_start(), seed=0)
+    for k, v in want.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
+    res = train_ames(cfg, out_dir=tmp_path)
+    assert [h["epoch"] for h in res.history] == [0, 1, 2] and res.history[0]["start"] is True
+    assert "loss" not in res.history[0] and "val_ames_mAP_medium" in res.history[0]
+    assert res.val["val_ames_mAP_medium"] == max(h["val_ames_mAP_medium"] for h in res.history)
+    assert res.best_epoch == max(res.history, key=lambda h: h["val_ames_mAP_medium"])["epoch"]
+    with pytest.raises(ConfigError, match="3 blocks"):
+        build_model(_cfg(ames_setup, start="match", layers=2), data)
+    with pytest.raises(ConfigError, match="start"):
+        _cfg(ames_setup, start="oracle")
+
+
 def test_resume_continues_exactly(ames_setup, tmp_path):
     cfg = _cfg(ames_setup, epochs=2, universal=[3, 12])
     full = train_ames(cfg, out_dir=tmp_path / "full")
