@@ -65,8 +65,8 @@ class MatchStart:
         whiten: PCA whitening power of the descriptor channels (0 = plain PCA, 1 = full whitening).
     """
 
-    sharpness: float = 100.0
-    contrast: float = 0.1
+    sharpness: float = 50.0
+    contrast: float = 0.05
     whiten: float = 0.0
 
     def __post_init__(self) -> None:
@@ -209,3 +209,50 @@ def init_match_prior(model: AMES, descriptors: np.ndarray | torch.Tensor, *, sta
         model.classifier.weight.zero_()
         model.classifier.weight[0, count] = SINK / (COUNT_GAIN * 8.0 * math.sqrt(d))
         model.classifier.bias.zero_()
+
+
+def calibrate_classifier(model: AMES, logits: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor, *,
+                         iterations: int = 50) -> tuple[float, float]:
+    """Platt-scale the classifier so that ``a * logit + b`` fits ``targets`` by logistic regression.
+
+    The matching start's logit is a count (always positive, ~5-15 on SIFT), so BCE on the first
+    batches is large and its gradients reshape the whole network to move a single offset. Fitting the
+    offset and scale on a sample of training pairs first lets training refine the matcher instead.
+    Monotone for ``a > 0``: the model's ranking of candidates does not change.
+
+    Args:
+        logits: ``(n,)`` the model's logits on ``n >= 2`` training pairs.
+        targets: ``(n,)`` their labels in {0, 1}, both classes present.
+
+    Returns:
+        ``(a, b)`` written into ``model.classifier`` (``a`` floored at 1e-3).
+
+    Raises:
+        ShapeError: shapes differ, NaN/inf logits, fewer than 2 pairs or one class only.
+    """
+    z = np.asarray(torch.as_tensor(logits).detach().cpu(), dtype=np.float64).reshape(-1)
+    y = np.asarray(torch.as_tensor(targets).detach().cpu(), dtype=np.float64).reshape(-1)
+    if z.shape != y.shape or z.size < 2:
+        raise ShapeError(f"calibration needs (n >= 2,) logits and targets of one shape, got {z.shape} and {y.shape}")
+    if not np.isfinite(z).all():
+        raise ShapeError("calibration logits contain NaN or inf; check the start's descriptors")
+    if not (0 < y.sum() < y.size) or not np.isin(y, (0.0, 1.0)).all():
+        raise ShapeError("calibration needs both positive and negative pairs (targets in {0, 1})")
+    mu, sd = z.mean(), max(z.std(), 1e-6)
+    u = (z - mu) / sd
+    X = np.stack([u, np.ones_like(u)], axis=1)
+    w = np.zeros(2)
+    for _ in range(iterations):  # Newton steps of L2-regularised (1e-4) logistic regression
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - y) / y.size + 1e-4 * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X / y.size + 1e-4 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    a = max(float(w[0] / sd), 1e-3)
+    b = float(w[1] - a * mu)
+    with torch.no_grad():
+        model.classifier.weight.mul_(a)
+        model.classifier.bias.mul_(a).add_(b)
+    return a, b

@@ -24,7 +24,10 @@ VARIANTS = ("fp", "binary", "universal", "distilled")
 # and 1e-3; drawing them from the global top-100 (= top_m, the candidates the re-ranker really sees)
 # at lr 5e-4 brought it to 0.67. A few hundred steps is all 2 CPU cores allow per model.
 # (hard_negatives_k follows top_m, see AMESBenchConfig.train_config.)
-TRAIN_BASE: dict[str, Any] = {"batch_size": 32, "lr": 5e-4, "warmup_steps": 10, "log_every": 5}
+# start "match": the matching start (cloud/ames/match_init.py); with val "val" it is validated as epoch 0
+# and the best val epoch (the start included) is the row's model
+TRAIN_BASE: dict[str, Any] = {"batch_size": 32, "lr": 5e-4, "warmup_steps": 10, "log_every": 5, "start": "match",
+                              "val": "val"}
 QUICK: dict[str, Any] = {"local_features": ("sift",), "variants": ("fp", "binary"), "lq": 48, "lx": 48,
                          "epochs": 5, "latency_runs": 3}
 DEFAULT: dict[str, Any] = {"local_features": ("local_lite2", "sift"), "variants": VARIANTS, "lq": 64, "lx": 64,
@@ -148,8 +151,8 @@ class AMESBenchConfig:
                      variant: str = "fp", teacher: str = "") -> AMESTrainConfig:
         """The :class:`AMESTrainConfig` of one quality row (``variant`` of :data:`VARIANTS`).
 
-        The trainer runs no validation of its own (``val=''``): the bench chooses lambda/gamma on
-        val itself.
+        The trainer validates each epoch and the matching start (``val='val'``) and keeps the best
+        val epoch; the bench then chooses lambda/gamma on val itself at each row's setting.
 
         Raises:
             ConfigError: a bad override or variant.
@@ -159,7 +162,7 @@ class AMESBenchConfig:
         values: dict[str, Any] = {
             **TRAIN_BASE, "hard_negatives_k": self.top_m, "data_source": "benchmark", "data_root": data_root,
             "features_dir": features_dir,
-            "local_feature": local_feature, "global_feature": self.global_feature, "val": "", "lq": self.lq,
+            "local_feature": local_feature, "global_feature": self.global_feature, "lq": self.lq,
             "lx": self.lx, "epochs": self.epochs, "top_m": self.top_m, "device": self.device,
             "progress": self.progress, **dict(self.train)}
         values["binary"] = variant != "fp"

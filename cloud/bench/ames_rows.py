@@ -64,7 +64,8 @@ def train_variant(ctx: AMESContext, *, local: str, variant: str) -> Any:
             res = train_ames(tc, out_dir=ctx.out / "runs" / key)
             last = res.history[-1] if res.history else {}
             ctx.run_info[key] = {"runtime_s": round(res.runtime_s, 1), "epochs": tc.epochs,
-                                 "final_loss": last.get("loss"), "checkpoint": str(res.checkpoint)}
+                                 "final_loss": last.get("loss"), "best_epoch": res.best_epoch,
+                                 "checkpoint": str(res.checkpoint)}
             ctx.models[key] = res
         except Exception as exc:
             ctx.models[key] = exc
@@ -179,7 +180,9 @@ def quality_row(ctx: AMESContext, *, local: str, variant: str) -> AMESRow:
     xb_bytes = 4 * ctx.globals("test")[1].shape[1]
     per_desc = BINARY_DESCRIPTOR_BYTES if model.cfg.binary else FP16_TOKEN_BYTES
     history = tuple({k: h[k] for k in HISTORY_KEYS if k in h} for h in res.history)
-    notes = (f"trained {res.runtime_s:.0f} s ({len(res.history)} epochs); {ms:.0f} ms/query; "
+    epochs = sum(1 for h in res.history if not h.get("start"))
+    chosen = "the matching start" if res.best_epoch == 0 else f"epoch {res.best_epoch}"
+    notes = (f"trained {res.runtime_s:.0f} s ({epochs} epochs; best val: {chosen}); {ms:.0f} ms/query; "
              f"{_real_lengths(ctx, local, lq=c.lq, lx=c.lx)}")
     return _row("quality", VARIANT_ROWS[variant], _settings(ctx)[variant], local, test.ames_metrics, lq=c.lq, lx=c.lx,
                 bytes_per_image=float(image_bytes(global_bytes=xb_bytes, lx=c.lx, bytes_per_descriptor=per_desc)),

@@ -51,6 +51,7 @@ from asymfuse.edge.errors import ConfigError
 from torch.utils.data import DataLoader, DistributedSampler
 
 STATE_FORMAT = "asymfuse.ames_train/1"
+CALIBRATION_PAIRS = 512  # training pairs that Platt-scale the matching start (start="match")
 
 
 @dataclass
@@ -246,10 +247,13 @@ class _Run(EpochRun):
         log = JsonlLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
         if resume:
             log.write({"event": "resume", "epoch": self.start_epoch})
-        if not resume and self.cfg.start == "match" and self.data.val is not None:
-            self._end_epoch(-1, {"epoch": 0, "start": True}, log)  # the start is a candidate for the best epoch
-        model = self.ddp(self.model)
         loader, ds, sampler = self._loader()
+        if not resume and self.cfg.start == "match":
+            if self.cfg.match_calibrate:
+                self._calibrate_start(ds, log)
+            if self.data.val is not None:
+                self._end_epoch(-1, {"epoch": 0, "start": True}, log)  # the start competes for the best epoch
+        model = self.ddp(self.model)
         done = 0
         for epoch in range(self.start_epoch, self.cfg.epochs):
             sampler.set_epoch(epoch)
@@ -261,6 +265,34 @@ class _Run(EpochRun):
                 break
         barrier(self.env)
         return self._finish(log)
+
+    def _calibrate_start(self, ds: Any, log: JsonlLog) -> None:
+        """Platt-scale the matching start's classifier on up to ``CALIBRATION_PAIRS`` training pairs of
+        epoch 0 (the same pairs on every rank, so DDP replicas stay equal)."""
+        from asymfuse.cloud.ames.match_init import calibrate_classifier
+
+        cfg = self.cfg
+        ds.set_epoch(0)
+        n = len(ds)
+        idx = np.unique(np.linspace(0, n - 1, num=min(n, CALIBRATION_PAIRS)).round().astype(int))
+        items = [ds[int(i)] for i in idx]
+        q = np.array([int(it["query"]) for it in items])
+        x = np.array([int(it["partner"]) for it in items])
+        y = np.array([float(it["target"]) for it in items])
+        if not 0 < y.sum() < len(y):
+            log.write({"event": "calibrate", "skipped": "one class only in the sampled pairs"})
+            return
+        self.model.eval()
+        logits = []
+        with torch.no_grad():
+            for s in range(0, len(idx), cfg.batch_size):
+                sl = slice(s, s + cfg.batch_size)
+                batch = make_batch(self.data.locals, q[sl], x[sl], y[sl], lengths=(cfg.lq, cfg.lx), device=self.device)
+                with autocast(self.device, cfg.precision):
+                    out = self.model(batch.q_desc, batch.q_pad, batch.x_desc, batch.x_pad)
+                logits.append(out.float().cpu())
+        a, b = calibrate_classifier(self.model, torch.cat(logits), y)
+        log.write({"event": "calibrate", "pairs": int(len(idx)), "scale": a, "offset": b})
 
     def _train_epoch(self, epoch: int, model: torch.nn.Module, loader: DataLoader, log: JsonlLog) -> dict[str, Any]:
         cfg, dev = self.cfg, self.device

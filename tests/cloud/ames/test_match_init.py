@@ -38,7 +38,8 @@ def _model(binary: bool = False, seed: int = 0, **start):
     train = _unit(rng, 4000)
     if binary:
         init_binary_projection(model, train, seed=seed)
-    init_match_prior(model, train, start=MatchStart(**start))
+    # the synthetic 32-d sets were sized for sharpness 100, contrast 0.1 (the real-SIFT default is 50 / 0.05)
+    init_match_prior(model, train, start=MatchStart(**{"sharpness": 100.0, "contrast": 0.1, **start}))
     return model.eval()
 
 
@@ -121,3 +122,21 @@ def test_bad_input_is_refused():
         MatchStart(sharpness=0.0)
     with pytest.raises(ConfigError, match="whiten"):
         MatchStart(whiten=2.0)
+
+
+def test_calibration_fits_the_logistic_map_and_refuses_one_class():
+    from asymfuse.cloud.ames.match_init import calibrate_classifier
+
+    rng = np.random.default_rng(6)
+    z = rng.normal(10.0, 2.0, size=4000)
+    y = (rng.random(4000) < 1.0 / (1.0 + np.exp(-(0.5 * z - 5.0)))).astype(np.float64)  # true a = 0.5, b = -5
+    model = _model()
+    w0, b0 = model.classifier.weight.detach().clone(), model.classifier.bias.detach().clone()
+    a, b = calibrate_classifier(model, z, y)
+    assert a == pytest.approx(0.5, rel=0.15) and b == pytest.approx(-5.0, rel=0.15)
+    torch.testing.assert_close(model.classifier.weight.detach(), a * w0)
+    torch.testing.assert_close(model.classifier.bias.detach(), a * b0 + b)
+    with pytest.raises(ShapeError, match="both positive and negative"):
+        calibrate_classifier(model, z, np.ones_like(z))
+    with pytest.raises(ShapeError, match="NaN"):
+        calibrate_classifier(model, np.full(4, np.nan), np.array([0, 1, 0, 1]))
