@@ -164,12 +164,7 @@ def init_match_prior(model: AMES, descriptors: np.ndarray | torch.Tensor, *, sta
         norm.bias.zero_()
         model.mtc_token.zero_()
         model.mtc_token[mark_p], model.mtc_token[mark_m] = MARK, -MARK
-        for layer in model.decoder.layers:
-            for mha in (layer.self_attn, layer.cross_attn):
-                mha.out_proj.weight.zero_()
-                mha.out_proj.bias.zero_()
-            layer.linear2.weight.zero_()
-            layer.linear2.bias.zero_()
+        _zero_residuals(model)
 
         # |A|^2 is about d after remap_local; after block 0 adds B (|B| ~ |A|) LayerNorm halves it.
         for i, (norm_a, value_src, value_dst, sign) in enumerate(((d, 0, b0, 1.0), (d / 2, b0, 0, -1.0))):
