@@ -100,10 +100,10 @@ def test_readme_demo_command(tmp_path):
     assert by_kind["AFF symmetric"] >= by_kind["AFF start (closed form) symmetric"] - 0.5
     assert by_kind["AFF asymmetric"] >= 59.0 and by_kind["AFF asymmetric"] >= 0.82 * by_kind["AFF symmetric"], by_kind
     assert by_kind["AFF asymmetric"] >= by_kind["AFF start (closed form) asymmetric"] - 1.0
-    # AMES (SIFT, 4 epochs) on the fused search: measured -0.95 on test where val chose lam 0.4 (val has
-    # 15 queries); the floor allows that noise, not a collapse
-    assert rows[9]["mAP_medium"] >= rows[7]["mAP_medium"] - 1.5
-    assert rows[10]["mAP_medium"] >= rows[8]["mAP_medium"] - 1.5
+    # AMES (binary, SIFT, the matching start kept by val): measured +2.84 on the fused search (71.61 -> 74.45)
+    # and +4.95 on the Lite0 query net (61.40 -> 66.35); the random start gave -0.95 and 0. Margins 2.3 and 3.
+    assert rows[9]["mAP_medium"] >= rows[7]["mAP_medium"] + 0.5, (rows[9], rows[7])
+    assert rows[10]["mAP_medium"] >= rows[8]["mAP_medium"] + 2.0, (rows[10], rows[8])
     # The untrained mutual-NN re-ranking of the same 32 SIFT descriptors: measured +2.86 (symmetric) and
     # +11.94 (asymmetric) over the global search. Margins: 1.3 and 4 points.
     assert [r["kind"] for r in rows[11:13]] == ["mutual-NN re-ranking (untrained)"] * 2
