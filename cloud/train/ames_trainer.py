@@ -170,15 +170,17 @@ def build_model(cfg: AMESTrainConfig, data: AMESData) -> AMES:
     descriptors (the first ``max(lq, lx)`` slots of each image); with ``start="match"`` then the
     matching start (:func:`asymfuse.cloud.ames.match_init.init_match_prior`) on the same descriptors."""
     model = create_ames(local_dim=data.locals.dim, seed=cfg.seed, **cfg.model_kwargs())
+    if not cfg.binary and cfg.start != "match":
+        return model
+    train = data.locals.valid_descriptors(length=max(cfg.lq, cfg.lx))  # gathered once for both inits
     if cfg.binary:
         from asymfuse.cloud.ames.binary import init_binary_projection
 
-        init_binary_projection(model, data.locals.valid_descriptors(length=max(cfg.lq, cfg.lx)), seed=cfg.seed)
+        init_binary_projection(model, train, seed=cfg.seed)
     if cfg.start == "match":
         from asymfuse.cloud.ames.match_init import init_match_prior
 
-        init_match_prior(model, data.locals.valid_descriptors(length=max(cfg.lq, cfg.lx)), start=cfg.match_start(),
-                         seed=cfg.seed)
+        init_match_prior(model, train, start=cfg.match_start(), seed=cfg.seed)
     return model
 
 
