@@ -239,10 +239,22 @@ def _prepare(cfg: AFFBenchConfig, out: Path) -> BenchContext:
         for part, ds in splits.items():
             ensure_dataset_features(name, ds, features_dir=feats, part=part, device=cfg.device,
                                     progress=cfg.progress)
-    if "robustness" in cfg.blocks:
-        write_noise_features(features_dir=feats, training_set=training_set, datasets=splits, cfg=cfg.noise)
+    if "robustness" in cfg.blocks:  # the synthetic features of every image, the start's crop views included
+        write_noise_features(features_dir=feats, training_set=training_set, datasets=splits, cfg=cfg.noise,
+                             image_sets=_start_views(base, training_set))
     return BenchContext(base=base, out=out, training_set=training_set, val=splits["val"], test=splits["test"],
                         device=cfg.device)
+
+
+def _start_views(base: TrainConfig, training_set: Any) -> dict[str, Any]:
+    """``{cache part: crop views}`` the trainer's closed-form starts read (none without start views)."""
+    from asymfuse.cloud.train.start_views import crop_views, views_part
+
+    if base.start_views < 1:
+        return {}
+    part = views_part(views=base.start_views, seed=base.seed, crop_scale_min=base.crop_scale_min)
+    return {part: crop_views(training_set, features_dir=base.features_dir, views=base.start_views, seed=base.seed,
+                             crop_scale_min=base.crop_scale_min)}
 
 
 def _kind(ctx: BenchContext, name: str) -> str:
@@ -294,10 +306,17 @@ def _plan(cfg: AFFBenchConfig, ctx: BenchContext, best: str | None) -> list[Plan
                  ("symmetric", ROW_TRANSFORMER, "transformer mixer, mixer only",
                   lambda: mixer_symmetric(ctx, "sym-transformer", mixer="transformer", features=feats), {})]
     if "robustness" in cfg.blocks:
+        # the mixer's start weighs each input by its class margin on the training images, so it can
+        # learn to ignore an input that says nothing about the class (the claim of this block)
+        robust = {"mixer": "transformer", "features": noisy, "fusion_weighting": "margin"}
         plan += [("robustness", ROW_CONCAT, "+ Gaussian noise + weak projection, concatenation",
                   lambda: concat_symmetric(ctx, noisy), {}),
-                 ("robustness", ROW_TRANSFORMER, "+ Gaussian noise + weak projection, transformer mixer",
-                  lambda: mixer_symmetric(ctx, "rob-transformer", mixer="transformer", features=noisy), {})]
+                 ("robustness", ROW_TRANSFORMER + START_SUFFIX, "+ Gaussian noise + weak projection, transformer "
+                  "mixer, its closed-form start (class-margin input weights)",
+                  lambda: mixer_symmetric_start(ctx, "rob-transformer", **robust), {}),
+                 ("robustness", ROW_TRANSFORMER, "+ Gaussian noise + weak projection, transformer mixer "
+                  "(class-margin input weights at the start)",
+                  lambda: mixer_symmetric(ctx, "rob-transformer", **robust), {})]
     arch = ctx.base.query_arch
     if "asymmetric" in cfg.blocks and best is not None:
         if cfg.baselines:

@@ -139,20 +139,22 @@ def train_run(ctx: BenchContext, run_name: str, **changes: Any) -> Any:
     return result
 
 
-def mixer_symmetric(ctx: BenchContext, run_name: str, *, mixer: str, features: Sequence[str]) -> RowOutcome:
-    """A trained mixer (scheme ``mixer_only``) on both ends."""
-    res = train_run(ctx, run_name, scheme="mixer_only", mixer=mixer, gallery_features=tuple(features))
+def mixer_symmetric(ctx: BenchContext, run_name: str, *, mixer: str, features: Sequence[str],
+                    **changes: Any) -> RowOutcome:
+    """A trained mixer (scheme ``mixer_only``, plus training ``changes``) on both ends."""
+    res = train_run(ctx, run_name, scheme="mixer_only", mixer=mixer, gallery_features=tuple(features), **changes)
     metrics = _fused_symmetric(ctx, res.mixer.to(ctx.device), features)
     return RowOutcome(metrics, history=clean_history(res.history), notes=f"best epoch {res.best_epoch}")
 
 
-def mixer_symmetric_start(ctx: BenchContext, run_name: str, *, mixer: str, features: Sequence[str]) -> RowOutcome:
+def mixer_symmetric_start(ctx: BenchContext, run_name: str, *, mixer: str, features: Sequence[str],
+                          **changes: Any) -> RowOutcome:
     """The untrained start of the :func:`mixer_symmetric` run (its PCA-whitened anchor) on both ends.
 
     Raises:
         ConfigError: the run wrote no start (no val split).
     """
-    res = train_run(ctx, run_name, scheme="mixer_only", mixer=mixer, gallery_features=tuple(features))
+    res = train_run(ctx, run_name, scheme="mixer_only", mixer=mixer, gallery_features=tuple(features), **changes)
     start_mixer, _ = _start_of(res)
     return RowOutcome(_fused_symmetric(ctx, start_mixer.to(ctx.device), features),
                       notes=f"before training; the trained row kept epoch {res.best_epoch}")

@@ -171,7 +171,8 @@ def write_noise_store(name: str, root: str | os.PathLike[str], *, ids: Sequence[
 
 def write_noise_features(*, features_dir: str | os.PathLike[str], training_set: TrainingSet | None,
                          datasets: Mapping[str, RetrievalDataset], cfg: NoiseConfig | None = None,
-                         names: Sequence[str] = NOISE_FEATURES) -> dict[str, dict[str, Path]]:
+                         names: Sequence[str] = NOISE_FEATURES,
+                         image_sets: Mapping[str, TrainingSet] | None = None) -> dict[str, dict[str, Path]]:
     """Write every synthetic feature for the training set and the retrieval datasets.
 
     Args:
@@ -179,6 +180,8 @@ def write_noise_features(*, features_dir: str | os.PathLike[str], training_set: 
         training_set: written as part ``train`` (gallery only); None skips it.
         datasets: ``{part: dataset}``, e.g. ``{"val": val, "test": test}``; gallery and queries.
         names: which synthetic features (default both).
+        image_sets: more ``{part: images}`` written gallery-only, e.g. the training crop views of the
+            closed-form starts (part :func:`~asymfuse.cloud.train.start_views.views_part`).
 
     Returns:
         ``{name: {"<part>/<gallery|queries>": store root}}``.
@@ -190,15 +193,15 @@ def write_noise_features(*, features_dir: str | os.PathLike[str], training_set: 
     if "train" in datasets:
         raise ConfigError("part 'train' is the training set's; pass it as training_set, not in datasets")
     base = Path(features_dir)
+    gallery_only = {**({"train": training_set} if training_set is not None else {}), **dict(image_sets or {})}
     out: dict[str, dict[str, Path]] = {}
     for name in names:
         roots: dict[str, Path] = {}
-        if training_set is not None:
-            paths = list(training_set.paths)
-            roots["train/gallery"] = write_noise_store(
-                name, store_path(base, name, "train", "gallery"), ids=default_ids(paths),
-                load=lambda i, p=paths: load_image(p[i]), cfg=cfg,
-                meta={"dataset": training_set.name, "part": "gallery"})
+        for part, images in gallery_only.items():
+            paths = list(images.paths)
+            roots[f"{part}/gallery"] = write_noise_store(
+                name, store_path(base, name, part, "gallery"), ids=default_ids(paths),
+                load=lambda i, p=paths: load_image(p[i]), cfg=cfg, meta={"dataset": images.name, "part": "gallery"})
         for part, ds in datasets.items():
             for side, ids, load in (("gallery", ds.gallery_ids, ds.load_gallery_image),
                                     ("queries", ds.query_ids, ds.load_query_image)):

@@ -41,6 +41,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("linear", "cosine", "constant")
 MIXER_STARTS = ("random", "pca")
 QUERY_STARTS = ("random", "ridge")
+FUSION_WEIGHTINGS = ("fixed", "margin")
 QUERY_INPUTS = ("images", "cached")
 BN_MODES = ("train", "frozen")
 
@@ -62,6 +63,8 @@ class TrainConfig:
     start_views: int = 2                # crops per training image with gallery features, for the starts
     fusion_weights: tuple[tuple[str, float], ...] = ()  # (feature, weight) pairs: its share of the PCA start
                                         # (an unlisted feature weighs 1; a listed one not in gallery_features is unused)
+    fusion_weighting: str = "fixed"     # fixed: fusion_weights as given | margin: each input's weight also
+                                        # scaled by its class margin on the training images (train/fusion_weighting.py)
     start_shrink: float = 0.0           # shrinkage of the start's whitening (0 = full whitening)
                                         # (both shape the PCA start: unused by mlp or a random start, like the
                                         # other start options, so one tier config serves every mixer row)
@@ -129,6 +132,7 @@ class TrainConfig:
         check_choice("bn_mode", self.bn_mode, BN_MODES)
         check_choice("mixer_start", self.mixer_start, MIXER_STARTS)
         check_choice("query_start", self.query_start, QUERY_STARTS)
+        check_choice("fusion_weighting", self.fusion_weighting, FUSION_WEIGHTINGS)
         check_choice("query_pooling", self.query_pooling, ("gem", "gem_l2", "gem_sqrt_l2"))
         check_choice("query_inputs", self.query_inputs, QUERY_INPUTS)
         check_choice("data_source", self.data_source, DATA_SOURCES)

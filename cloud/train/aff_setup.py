@@ -24,6 +24,7 @@ from asymfuse.cloud.train.aff_config import SINGLE_GALLERY_SCHEMES, TrainConfig
 from asymfuse.cloud.train.aff_data import check_training_set, load_training_set
 from asymfuse.cloud.train.aff_model import AFFSystem
 from asymfuse.cloud.features.layout import store_path
+from asymfuse.cloud.train.fusion_weighting import margin_weights
 from asymfuse.cloud.train.feature_cache import (
     ensure_dataset_features,
     ensure_training_features,
@@ -230,9 +231,31 @@ def slot_weights(cfg: TrainConfig, schema: GallerySchema) -> tuple[float, ...]:
     return () if all(w == 1.0 for w in out) else out
 
 
-def mixer_kwargs(cfg: TrainConfig, schema: GallerySchema | None = None) -> dict:
-    """The registry kwargs of ``cfg.mixer`` (``schema`` orders the fusion weights; none = no weights)."""
-    weights = slot_weights(cfg, schema) if schema is not None else ()
+def start_weights(cfg: TrainConfig, data: AFFData) -> tuple[float, ...] | None:
+    """The PCA start's input weights when ``fusion_weighting = "margin"`` (class margins on the
+    training images times ``fusion_weights``), else None (the fixed ``fusion_weights``).
+
+    Raises:
+        ConfigError: the training labels do not allow margins (see :func:`margin_weights`).
+    """
+    uses_pca = cfg.mixer == "concat" or (cfg.mixer == "transformer" and cfg.mixer_start == "pca")
+    if cfg.fusion_weighting != "margin" or not uses_pca:
+        return None
+    table = data.table
+    weights, margins = margin_weights(table.inputs(np.arange(len(table))), data.training_set.labels,
+                                      fixed=slot_weights(cfg, table.schema))
+    names = [s.name for s in table.schema.slots]
+    LOG.info("margin weighting on %d training images: %s", len(table),
+             ", ".join(f"{n} margin {m:.4f} weight {w:.3f}" for n, m, w in zip(names, margins, weights)))
+    return weights
+
+
+def mixer_kwargs(cfg: TrainConfig, schema: GallerySchema | None = None, *,
+                 weights: tuple[float, ...] | None = None) -> dict:
+    """The registry kwargs of ``cfg.mixer`` (``schema`` orders the fusion weights; none = no weights;
+    ``weights`` given: these input weights, in schema order, instead of ``cfg.fusion_weights``)."""
+    if weights is None:
+        weights = slot_weights(cfg, schema) if schema is not None else ()
     if cfg.mixer == "transformer":
         anchor = cfg.mixer_start == "pca"
         start = {"anchor_weights": weights, "anchor_shrink": cfg.start_shrink} if anchor else {}
@@ -261,7 +284,7 @@ def build_system(cfg: TrainConfig, data: AFFData, *, device: torch.device) -> AF
     start_x = start_labels = None  # start-space rows, computed once for the query head and the classifier
     if cfg.trains_mixer:
         mixer = create_mixer(cfg.mixer, schema=table.schema, embed_dim=cfg.embed_dim, seed=cfg.seed,
-                             **mixer_kwargs(cfg, table.schema))
+                             **mixer_kwargs(cfg, table.schema, weights=start_weights(cfg, data)))
         # the PCA whitening of concat, or of the anchored transformer's start, learnt on the training
         # rows (plus the crop views' rows when there are any)
         try:

@@ -357,3 +357,27 @@ def test_cached_head_training_runs_on_the_start_rows_and_resumes_exactly(setup, 
             torch.testing.assert_close(b.state_dict()[k], v, rtol=0, atol=1e-6)
     with pytest.raises(ConfigError, match="query_trunk_lr_mult=0"):
         cfg.replace(query_trunk_lr_mult=0.1)
+
+
+def test_margin_weighting_weighs_a_noise_input_down_in_the_saved_start(setup, tmp_path):
+    from asymfuse.cloud.models.mixers.checkpoint import load_mixer
+
+    bench, feats = setup
+    cfg = _cfg(setup, scheme="mixer_only", epochs=1, gallery_features=("syn_g", "syn_noise", "syn_l"),
+               fusion_weighting="margin", fusion_weights=(("syn_l", 0.5),))
+    val = load_val_dataset(cfg)
+    ids = {("train", "gallery"): training_ids(load_training_set("benchmark", bench.root)),
+           ("val", "gallery"): val.gallery_ids, ("val", "queries"): val.query_ids}
+    for (part, side), item_ids in ids.items():  # no class signal at all
+        x = np.random.default_rng(len(item_ids)).standard_normal((len(item_ids), 32)).astype(np.float32)
+        create_store_from_arrays(feats / "syn_noise" / part / side, ids=list(item_ids),
+                                 features=GlobalFeatures(x / np.linalg.norm(x, axis=1, keepdims=True)),
+                                 meta={"extractor_name": "syn_noise", "extractor_id": "synthetic-noise"})
+    res = train_aff(cfg, out_dir=tmp_path)
+    weights = res.mixer.anchor.input_weights  # schema order: the globals, then the local set
+    g, noise, loc = weights
+    assert max(g, loc / 0.5) == pytest.approx(1.0) and noise < 0.2 * min(g, loc), weights
+    saved, _ = load_mixer(tmp_path / "mixer.pt")  # the weights travel with the checkpoint
+    assert saved.anchor.input_weights == pytest.approx(weights)
+    fixed = train_aff(cfg.replace(fusion_weighting="fixed"), out_dir=tmp_path / "fixed")
+    assert fixed.mixer.anchor.input_weights == (1.0, 1.0, 0.5)
