@@ -134,6 +134,19 @@ def test_stores_follow_the_feature_cache_layout_and_are_idempotent(tmp_path, tin
         assert not np.allclose(np.asarray(store.global_features()), g1)
 
 
+def test_more_image_sets_get_gallery_stores_of_their_own(tmp_path, tiny):
+    ts, ds = tiny
+    feats = tmp_path / "features"
+    roots = write_noise_features(features_dir=feats, training_set=None, datasets={}, image_sets={"views": ts})
+    for name in NOISE_FEATURES:
+        assert list(roots[name]) == ["views/gallery"]
+        with FeatureStore.open(feats / name / "views" / "gallery") as store:
+            assert store.ids == default_ids(ts.paths)
+    with FeatureStore.open(feats / GAUSSIAN / "views" / "gallery") as store:  # a function of the ids alone
+        np.testing.assert_array_equal(np.asarray(store.global_features()),
+                                      gaussian_features(default_ids(ts.paths), dim=128, seed=0))
+
+
 def test_bad_arguments(tmp_path, tiny):
     ts, ds = tiny
     with pytest.raises(ConfigError):
