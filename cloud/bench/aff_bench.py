@@ -119,6 +119,9 @@ class AFFBenchConfig:
         baselines: the single-gallery compatible schemes of the asymmetric block.
         noise: how the robustness block's synthetic features are drawn.
         benchmark: the embedded benchmark to build (or reuse) under ``out_dir/benchmark``.
+        features_dir: the feature cache ('' = ``out_dir/features``). Another run's cache on the same
+            benchmark config (``asymfuse demo --out D``: ``D/features``) serves its stores, crop views
+            and pooled trunk rows, so only what it lacks is extracted.
         device: ``cpu`` or ``cuda[:N]`` for training, extraction and evaluation.
         progress: progress bars for feature extraction and training.
     """
@@ -130,10 +133,13 @@ class AFFBenchConfig:
     baselines: tuple[str, ...] = SINGLE_BASELINES
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    features_dir: str = ""
     device: str = "cpu"
     progress: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.features_dir, str):
+            raise ConfigError(f"features_dir must be a folder path or '', got {self.features_dir!r}")
         for name in ("query_archs", "blocks", "baselines"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
@@ -230,7 +236,7 @@ def _prepare(cfg: AFFBenchConfig, out: Path) -> BenchContext:
     bench = build_benchmark(out / "benchmark", config=cfg.benchmark)
     splits = {p: load_revisitop(bench.split(p).root, name=dataset_name(bench.config.name, p)) for p in ("val", "test")}
     training_set = load_training_set("benchmark", bench.root)
-    feats = out / "features"
+    feats = Path(cfg.features_dir) if cfg.features_dir else out / "features"
     base = cfg.train.replace(data_source="benchmark", data_root=str(bench.root), val_root="",
                              features_dir=str(feats), device=cfg.device, progress=cfg.progress)
     for name in base.gallery_features:

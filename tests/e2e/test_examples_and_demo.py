@@ -79,14 +79,22 @@ def test_small_demo_pipeline_reports_every_row(tmp_path):
     assert report["rows"][0]["mAP_medium"] > 30.0
 
 
-@pytest.mark.slow
-def test_readme_demo_command(tmp_path):
-    """`asymfuse demo` exactly as the README runs it (default configuration)."""
+@pytest.fixture(scope="module")
+def readme_demo(tmp_path_factory):
+    """`asymfuse demo` exactly as the README runs it (default configuration): (process, out folder)."""
+    out = tmp_path_factory.mktemp("readme") / "demo"
     exe = Path(sys.executable).with_name("asymfuse")
-    res = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "demo"), "--no-progress"],
-                         capture_output=True, text=True, timeout=1200)
+    res = subprocess.run([str(exe), "demo", "--out", str(out), "--no-progress"],
+                         capture_output=True, text=True, timeout=1500)
+    return res, out
+
+
+@pytest.mark.slow
+def test_readme_demo_command(readme_demo):
+    """`asymfuse demo` exactly as the README runs it (default configuration)."""
+    res, out = readme_demo
     assert res.returncode == 0, res.stderr[-4000:]
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     rows = report["rows"]
     assert len(rows) == 19 and report["dataset"]["queries"] >= 20
     assert [r["kind"] for r in rows[9:11]] == ["AMES re-ranking", "AMES re-ranking"]
@@ -126,10 +134,19 @@ def test_readme_demo_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_aff_quick_tier(tmp_path):
-    """`asymfuse bench aff --quick` end to end: every row of the table is filled, files written."""
+def test_bench_aff_quick_tier(tmp_path, readme_demo):
+    """`asymfuse bench aff --quick` end to end: every row of the table is filled, files written.
+
+    It reads the README demo's feature cache (``--set features_dir=<demo>/features``, the same benchmark
+    config), as a user who ran the demo first would: the demo test covers the cold extraction of the
+    same features, crop views and pooled rows, and this one the bench's rows on top of them (the
+    synthetic noise stores and the training images' pooled rows are still made here).
+    """
+    demo_res, demo_out = readme_demo
+    assert demo_res.returncode == 0, "the README demo failed (see test_readme_demo_command)"
     exe = Path(sys.executable).with_name("asymfuse")
-    res = subprocess.run([str(exe), "bench", "aff", "--quick", "--out", str(tmp_path / "b")],
+    res = subprocess.run([str(exe), "bench", "aff", "--quick", "--out", str(tmp_path / "b"),
+                          "--set", f"features_dir={demo_out / 'features'}"],
                          capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-4000:]
     report = json.loads((tmp_path / "b" / "report.json").read_text())

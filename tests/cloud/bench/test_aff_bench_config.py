@@ -39,6 +39,10 @@ def test_overrides_route_to_bench_or_training_and_reject_unknown_keys():
     assert cfg.train.epochs == 4 and cfg.train.stage1_epochs == 2 and cfg.train.embed_dim == 64
     assert cfg.query_archs == ("mobilenet_v2",)
     assert cfg.blocks == ("symmetric", "asymmetric")  # table order
+    assert cfg.features_dir == "" and cfg.with_overrides({"features_dir": "demo/features"}).features_dir == \
+        "demo/features"  # another run's feature cache
+    with pytest.raises(ConfigError, match="features_dir"):
+        AFFBenchConfig.quick(features_dir=3)
     with pytest.raises(ConfigError, match="bogus"):
         cfg.with_overrides({"bogus": 1})
     with pytest.raises(ConfigError):
