@@ -38,7 +38,7 @@ FEATURE_EXTRACTORS: Registry[ExtractorFactory] = Registry("feature extractor")
 
 def _gem_lite(variant: str, name: str) -> ExtractorFactory:
     def build(*, max_side: int = 384, p: float = 3.0, batch_size: int = 16, device: str | torch.device = "cpu",
-              precision: str = "fp32", channels_last: bool = False) -> FeatureExtractor:
+              precision: str = "fp32", channels_last: bool = True) -> FeatureExtractor:
         trunk = create_trunk(variant, pretrained=True)
         return GemGlobalExtractor(name=name, trunk=trunk, max_side=max_side, p=p, batch_size=batch_size,
                                   device=device, precision=precision, channels_last=channels_last)
@@ -53,7 +53,7 @@ FEATURE_EXTRACTORS.register("gem_lite2")(_gem_lite("efficientnet_lite2", "gem_li
 @FEATURE_EXTRACTORS.register("local_lite2")
 def _local_lite2(*, max_local: int = 256, max_side: int = 384, batch_size: int = 8,
                  device: str | torch.device = "cpu", precision: str = "fp32",
-                 channels_last: bool = False) -> FeatureExtractor:
+                 channels_last: bool = True) -> FeatureExtractor:
     trunk = create_trunk("efficientnet_lite2", pretrained=True)
     return LiteMapLocalExtractor(name="local_lite2", trunk=trunk, max_local=max_local, max_side=max_side,
                                  batch_size=batch_size, device=device, precision=precision,
@@ -107,7 +107,7 @@ def _model_spec_option(value: ModelSpec | str | None) -> ModelSpec | None:
 def _gem_torchvision(*, arch: str = "resnet50", weights_path: str | os.PathLike[str] | None = None,
                      allow_random_weights: bool = False, max_side: int = 384, p: float = 3.0,
                      batch_size: int = 16, device: str | torch.device = "cpu", precision: str = "fp32",
-                     channels_last: bool = False) -> FeatureExtractor:
+                     channels_last: bool = True) -> FeatureExtractor:
     if weights_path is None and not allow_random_weights:
         require_weights_path(arch, weights_path)
     trunk = create_trunk(arch, pretrained=False, weights_path=weights_path)
