@@ -135,8 +135,8 @@ def init_match_prior(model: AMES, descriptors: np.ndarray | torch.Tensor, *, sta
         raise ConfigError(f"the matching start needs at least 3 blocks (neighbours, mutual check, count); this model "
                           f"has {cfg.layers}; use start='random'")
     if cfg.heads < 2 or dh < 8 or d < 2 * dh:
-        raise ConfigError(f"the matching start needs >= 2 heads of >= 8 channels, got model_dim={d}, heads={cfg.heads}; "
-                          "use start='random'")
+        raise ConfigError(f"the matching start needs >= 2 heads of >= 8 channels, got model_dim={d}, "
+                          f"heads={cfg.heads}; use start='random'")
     x = torch.as_tensor(np.asarray(descriptors), dtype=torch.float32)
     if x.ndim != 2 or x.shape[1] != cfg.local_dim or x.shape[0] < 2:
         raise ShapeError(f"the matching start needs (n >= 2, {cfg.local_dim}) training descriptors, got "

@@ -52,8 +52,9 @@ def test_untrained_logit_grows_with_the_mutual_neighbours(binary):
     assert np.all(np.diff(counts) > 0), counts  # the synthetic sets really differ in mutual matches
     model = _model(binary=binary)
     with torch.no_grad():
-        logits = model(torch.from_numpy(q)[None].expand(len(matches), -1, -1), torch.zeros(len(matches), L, dtype=torch.bool),
-                       torch.from_numpy(x), torch.zeros(len(matches), L, dtype=torch.bool)).numpy()
+        no_pad = torch.zeros(len(matches), L, dtype=torch.bool)
+        logits = model(torch.from_numpy(q)[None].expand(len(matches), -1, -1), no_pad, torch.from_numpy(x),
+                       no_pad).numpy()
     assert np.all(np.diff(logits) > 0), logits
     # measured: fp 8.83 -> 11.32, binary 9.85 -> 11.60 (chance matches between random sets count too)
     assert logits[-1] - logits[0] > 1.5, logits
@@ -72,7 +73,8 @@ def test_padding_counts_nothing_and_the_count_is_not_a_fraction():
         pad = torch.cat([torch.zeros(1, L, dtype=torch.bool), torch.ones(1, 6, dtype=torch.bool)], dim=1)
         padded = model(t(q)[None], torch.zeros(1, L, dtype=torch.bool), xp, pad)
         # 4 query slots kept, all 4 matched (fraction 1) vs 16 of 24 matched (fraction 2/3)
-        short = model(t(q[:4])[None], torch.zeros(1, 4, dtype=torch.bool), t(x[:, :4]), torch.zeros(1, 4, dtype=torch.bool))
+        four = torch.zeros(1, 4, dtype=torch.bool)
+        short = model(t(q[:4])[None], four, t(x[:, :4]), four)
     torch.testing.assert_close(padded, base, atol=1e-4, rtol=0)
     assert float(base) > float(short)
 
