@@ -8,14 +8,16 @@ per tier (the constants below) and overrides only what the row is about. Blocks 
 - symmetric: each single gallery feature on both sides (local ones mean-pooled), concatenation
   (PCA-whitened to d, fitted on train), MLP mixer, transformer mixer;
 - robustness: the same gallery plus two synthetic noisy features
-  (:mod:`asymfuse.cloud.bench.noise_features`): concatenation vs transformer mixer;
+  (:mod:`asymfuse.cloud.bench.noise_features`): concatenation vs transformer mixer, whose start
+  weighs each input by its class margin on the training images (``fusion_weighting = "margin"``);
 - asymmetric: query net -> best single gallery with BCT / REG / LCE / CSD; query net -> mixer
   trained jointly with alpha = 0 and alpha = 0.99, and two-stage;
 - query archs: the joint setting for each query net, with its GFLOPs at the training resolution,
   asymmetric and symmetric (the same query net on both sides).
 
 Rows run one after the other; a failing row is reported as ``failed: <reason>`` and the bench goes
-on. Output in ``out_dir``: ``benchmark/``, ``features/`` (reused by later runs), ``runs/<row>/``
+on. Output in ``out_dir``: ``benchmark/``, ``features/`` (reused by later runs; or the cache named
+by ``features_dir``), ``runs/<row>/``
 (one training run each), and the report files of :mod:`asymfuse.cloud.bench.aff_report`.
 """
 
