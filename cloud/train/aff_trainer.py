@@ -13,6 +13,7 @@ the same global batch, sees the same batches as an uninterrupted single-process 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from copy import deepcopy
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from asymfuse.cloud.models.query_net import QueryNet, default_space_id
 from asymfuse.cloud.train.aff_config import RESUME_SAFE_FIELDS, SINGLE_GALLERY_SCHEMES, TrainConfig
 from asymfuse.cloud.train.aff_data import AFFImageDataset, load_training_set
 from asymfuse.cloud.train.aff_setup import AFFData, QueryRows, build_system, prepare_data, query_rows
-from asymfuse.cloud.train.aff_validate import validate
+from asymfuse.cloud.train.aff_validate import input_metrics, validate
 from asymfuse.cloud.train.augment import AugmentConfig
 from asymfuse.cloud.distributed import (
     barrier,
@@ -47,6 +48,7 @@ from asymfuse.cloud.train.state import load_state, save_state
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 STATE_FORMAT = "asymfuse.aff_train/1"
+LOG = logging.getLogger(__name__)
 START_FILE = "start.pt"
 """The run's state before its first step (the closed-form start), written when there is a val split."""
 
@@ -261,6 +263,8 @@ class _Run(EpochRun):
         metrics: dict[str, Any] = {}
         if self.data.val is not None and ((epoch + 1) % cfg.val_every == 0 or last) and self.env.is_main:
             metrics = validate(self.system, self.data.val, device=self.device)
+            if epoch < 0 and self.system.mixer is not None:  # the inputs alone, next to the fused start
+                metrics.update(input_metrics(self.data.val, metric=cfg.select_metric))
         metrics = broadcast_object(metrics, self.env)
         record.update(metrics)
         if epoch < 0:
@@ -281,6 +285,7 @@ class _Run(EpochRun):
 
     # ------------------------------------------------------------------------------------- finish
     def _finish(self) -> TrainResult:
+        self._check_fused_vs_inputs()
         best_path = self.load_best(self.system)
         s = self.system
         s.eval()
@@ -301,6 +306,23 @@ class _Run(EpochRun):
                            history=self.history, best_epoch=int(self.best["epoch"]), checkpoint=best_path,
                            embedding_space_id=space, runtime_s=time.perf_counter() - self.t0, start=self.start,
                            extra={"psi_q": None if s.ema is None else s.ema.weight.detach().clone()})
+
+    def _check_fused_vs_inputs(self) -> None:
+        """Warn when the kept epoch's fused val space scores below its best single input."""
+        metric = self.cfg.select_metric
+        inputs = {k[len("val_input_"):-len(metric) - 1]: v for k, v in self.start.items() if k.startswith("val_input_")}
+        epoch = int(self.best["epoch"])
+        kept = self.start if epoch == 0 else next((h for h in self.history if h.get("epoch") == epoch), {})
+        fused = kept.get(f"val_sym_{metric}")
+        if not inputs or fused is None or not self.env.is_main:
+            return
+        best = max(inputs, key=lambda k: inputs[k])
+        LOG.info("val %s: fused %.2f (epoch %d); inputs alone: %s", metric, fused, epoch,
+                 ", ".join(f"{k} {v:.2f}" for k, v in inputs.items()))
+        if fused < inputs[best]:
+            LOG.warning("the fused val space (%s %.2f, epoch %d) is below its best input %s (%.2f): lower the lr, "
+                        "keep mixer_start=pca with more start_views, weigh the inputs (fusion_weights, "
+                        "fusion_weighting=margin) or drop the weak input", metric, fused, epoch, best, inputs[best])
 
     def _space_id(self, schema: GallerySchema | None) -> str:
         s = self.system

@@ -6,9 +6,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from asymfuse.cloud.embed import embed_images, embed_queries, fuse_table
 from asymfuse.cloud.eval.evaluate import evaluate_aff
 from asymfuse.cloud.features.gallery_table import GalleryTable
+from asymfuse.cloud.models.mixers.base import pooled_features
 from asymfuse.cloud.train.aff_model import AFFSystem
 from asymfuse.cloud.train.aff_setup import ValData
 
@@ -43,6 +45,21 @@ def validate(system: AFFSystem, val: ValData, *, device: torch.device) -> dict[s
                                                            gallery_vectors=xb)))
     finally:
         system.train(was_training)
+    return out
+
+
+def input_metrics(val: ValData, *, metric: str) -> dict[str, float]:
+    """``{"val_input_<name>_<metric>": value}``: each gallery input of the run alone on both ends of
+    the val split (a global feature as stored, a local set mean-pooled and L2-normalised, as
+    ``bench aff``'s single-feature rows), the baselines the fused space must not fall below."""
+    if val.gallery is None or val.queries is None:
+        return {}
+    sides = [pooled_features(t.inputs(np.arange(len(t))), dtype=torch.float32) for t in (val.gallery, val.queries)]
+    out = {}
+    for slot, xb, xq in zip(val.gallery.schema.slots, *sides):
+        xb, xq = (F.normalize(x, dim=-1).numpy() for x in (xb, xq))
+        res = evaluate_aff(dataset=val.dataset, query_vectors=xq, gallery_vectors=xb)
+        out[f"val_input_{slot.name}_{metric}"] = float(res[metric])
     return out
 
 

@@ -381,3 +381,30 @@ def test_margin_weighting_weighs_a_noise_input_down_in_the_saved_start(setup, tm
     assert saved.anchor.input_weights == pytest.approx(weights)
     fixed = train_aff(cfg.replace(fusion_weighting="fixed"), out_dir=tmp_path / "fixed")
     assert fixed.mixer.anchor.input_weights == (1.0, 1.0, 0.5)
+
+
+def test_the_start_reports_each_input_alone_and_a_fused_space_below_them_is_warned(setup, tmp_path, caplog):
+    import logging
+
+    from asymfuse.cloud.eval.evaluate import evaluate_aff
+    from asymfuse.cloud.features.store import FeatureStore
+
+    bench, feats = setup
+    cfg = _cfg(setup, scheme="mixer_only", epochs=1, mixer_start="random", lr=1e-6)
+    val = load_val_dataset(cfg)
+    with caplog.at_level(logging.INFO, logger="asymfuse.cloud.train.aff_trainer"):
+        res = train_aff(cfg, out_dir=tmp_path)
+    with FeatureStore.open(feats / "syn_g" / "val" / "gallery") as g, \
+            FeatureStore.open(feats / "syn_g" / "val" / "queries") as q:  # the global input, as stored
+        direct = evaluate_aff(dataset=val, query_vectors=np.asarray(q.global_features()),
+                              gallery_vectors=np.asarray(g.global_features()))["mAP_medium"]
+    assert res.start["val_input_syn_g_mAP_medium"] == pytest.approx(direct)
+    assert 0.0 <= res.start["val_input_syn_l_mAP_medium"] <= 100.0
+    assert "val_input_syn_g_mAP_medium" not in res.history[-1]  # measured once, at the start
+    # an untrained random mixer is far below the label-carrying input: the run says so
+    assert res.start["val_sym_mAP_medium"] < direct - 10.0
+    assert any(r.levelname == "WARNING" and "below its best input syn_g" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="asymfuse.cloud.train.aff_trainer"):
+        train_aff(cfg.replace(mixer_start="pca"), out_dir=tmp_path / "pca")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
