@@ -94,7 +94,8 @@ def _add_trained_bench(benches: argparse._SubParsersAction, name: str, *, func: 
 
 
 def run_aff(args: argparse.Namespace) -> int:
-    from asymfuse.cloud.bench.aff_bench import AFFBenchConfig, run_aff_bench
+    from asymfuse.cloud.bench.aff_bench import run_aff_bench
+    from asymfuse.cloud.bench.aff_bench_config import AFFBenchConfig
 
     return _run_trained_bench(args, AFFBenchConfig, run_aff_bench, name="aff", figures=("curves", "gflops"))
 

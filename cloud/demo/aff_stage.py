@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from asymfuse.cloud.bench.aff_bench import QUICK_TRAIN
+from asymfuse.cloud.bench.aff_bench_config import QUICK_TRAIN
 from asymfuse.cloud.bench.aff_report import BenchRow, plot_curves
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.demo.results import AFFSearches, AFFStageResult

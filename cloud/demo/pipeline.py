@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.cloud.bench.aff_bench import QUICK_TRAIN
+from asymfuse.cloud.bench.aff_bench_config import QUICK_TRAIN
 from asymfuse.cloud.data.benchmark import BenchmarkConfig, build_benchmark, dataset_name
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.data.revisitop import load_revisitop

@@ -6,13 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from asymfuse.cloud.bench.aff_bench import (
-    DEFAULT_QUERY_ARCHS,
-    QUICK_QUERY_ARCHS,
-    QUICK_TRAIN,
-    AFFBenchConfig,
-    _run_row,
-)
+from asymfuse.cloud.bench.aff_bench import _run_row
+from asymfuse.cloud.bench.aff_bench_config import DEFAULT_QUERY_ARCHS, QUICK_QUERY_ARCHS, QUICK_TRAIN, AFFBenchConfig
 from asymfuse.cloud.bench.aff_rows import RowOutcome, clean_history, single_vectors
 from asymfuse.cloud.features.base import GlobalFeatures, LocalFeatures
 from asymfuse.cloud.features.gallery_table import load_gallery_table
