@@ -25,7 +25,8 @@ from asymfuse.cloud.data.records import RetrievalDataset, TrainingSet
 from asymfuse.cloud.embed import embed_images, embed_queries, fuse_table
 from asymfuse.cloud.eval.evaluate import evaluate_aff
 from asymfuse.cloud.features.gallery_table import GalleryTable, load_gallery_table
-from asymfuse.cloud.models.mixers import create_mixer, masked_mean_pool
+from asymfuse.cloud.models.mixers import create_mixer
+from asymfuse.cloud.models.mixers.base import pooled_features
 from asymfuse.cloud.train.aff_config import TrainConfig
 from asymfuse.cloud.features.layout import store_path
 from asymfuse.cloud.train.feature_cache import training_ids
@@ -85,12 +86,7 @@ def table_for(ctx: BenchContext, features: Sequence[str], *, part: str, side: st
 
 def single_vectors(table: GalleryTable) -> np.ndarray:
     """``(N, D)`` float32 unit-norm: the table's only feature (a local set is mean-pooled)."""
-    slot = table.schema.slots[0]
-    if slot.kind == "global":
-        x = table.global_matrix(slot.name)
-        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-    inputs = table.inputs(np.arange(len(table)))
-    return masked_mean_pool(inputs.locals_[0].float(), inputs.local_pads[0]).numpy().astype(np.float32)
+    return pooled_features(table.inputs(np.arange(len(table))), dtype=torch.float32)[0].numpy()
 
 
 def single_feature(ctx: BenchContext, name: str, *, part: str = "test") -> RowOutcome:

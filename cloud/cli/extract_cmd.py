@@ -54,7 +54,7 @@ def default_workers(environ: dict[str, str] | None = None) -> int:
     return max(1, min(4, (os.cpu_count() or 1) // per_node))
 
 
-def extractor_kwargs(args: argparse.Namespace, accepted: set[str], device: object) -> dict[str, object]:
+def extractor_kwargs(args: argparse.Namespace, accepted: set[str]) -> dict[str, object]:
     """The extractor's options: ``--option`` values plus batch size, precision and memory format.
 
     Raises:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     options = ExtractOptions(batch_size=16 if args.batch_size is None else args.batch_size, shard_size=args.shard_size,
                              workers=default_workers() if args.workers is None else args.workers,
                              resume=not args.no_resume, progress=env.is_main, dist_timeout_s=args.dist_timeout)
-    kwargs = extractor_kwargs(args, extractor_options(args.extractor), device)
+    kwargs = extractor_kwargs(args, extractor_options(args.extractor))
     with process_group(env, device, timeout_s=args.dist_timeout), \
             create_feature_extractor(args.extractor, device=device, **kwargs) as ex:
         stores = extract_dataset(ex, dataset, args.out, sides=sides, options=options,

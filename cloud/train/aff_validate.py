@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from asymfuse.cloud.embed import embed_images, embed_queries, fuse_table
 from asymfuse.cloud.eval.evaluate import evaluate_aff
 from asymfuse.cloud.features.gallery_table import GalleryTable
@@ -56,9 +55,8 @@ def input_metrics(val: ValData, *, metric: str) -> dict[str, float]:
         return {}
     sides = [pooled_features(t.inputs(np.arange(len(t))), dtype=torch.float32) for t in (val.gallery, val.queries)]
     out = {}
-    for slot, xb, xq in zip(val.gallery.schema.slots, *sides):
-        xb, xq = (F.normalize(x, dim=-1).numpy() for x in (xb, xq))
-        res = evaluate_aff(dataset=val.dataset, query_vectors=xq, gallery_vectors=xb)
+    for slot, xb, xq in zip(val.gallery.schema.slots, *sides):  # pooled_features: unit-norm rows already
+        res = evaluate_aff(dataset=val.dataset, query_vectors=xq.numpy(), gallery_vectors=xb.numpy())
         out[f"val_input_{slot.name}_{metric}"] = float(res[metric])
     return out
 

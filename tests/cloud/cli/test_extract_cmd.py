@@ -6,7 +6,6 @@ import argparse
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from asymfuse.cloud.cli.extract_cmd import default_workers, extractor_kwargs
@@ -29,15 +28,14 @@ def test_workers_default_to_the_cpus_of_each_process(monkeypatch):
 
 def test_extractor_options_from_the_flags():
     cnn = {"max_side", "batch_size", "device", "precision", "channels_last"}
-    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert extractor_kwargs(args(), cnn, cpu) == {"precision": "fp32", "channels_last": True}  # on by default
-    assert extractor_kwargs(args(channels_last=False), cnn, cpu) == {"precision": "fp32", "channels_last": False}
-    assert extractor_kwargs(args(batch_size=64, precision="bf16"), cnn, cuda) == {
+    assert extractor_kwargs(args(), cnn) == {"precision": "fp32", "channels_last": True}  # on by default
+    assert extractor_kwargs(args(channels_last=False), cnn) == {"precision": "fp32", "channels_last": False}
+    assert extractor_kwargs(args(batch_size=64, precision="bf16"), cnn) == {
         "batch_size": 64, "precision": "bf16", "channels_last": True}
-    assert extractor_kwargs(args(batch_size=64, option=["batch_size=8"]), cnn, cpu)["batch_size"] == 8
-    assert extractor_kwargs(args(extractor="sift"), {"max_local", "device"}, cuda) == {}
+    assert extractor_kwargs(args(batch_size=64, option=["batch_size=8"]), cnn)["batch_size"] == 8
+    assert extractor_kwargs(args(extractor="sift"), {"max_local", "device"}) == {}
     with pytest.raises(ConfigError, match="'sift' has no precision option; drop --precision"):
-        extractor_kwargs(args(extractor="sift", precision="bf16"), {"max_local", "device"}, cpu)
+        extractor_kwargs(args(extractor="sift", precision="bf16"), {"max_local", "device"})
 
 
 @pytest.fixture
