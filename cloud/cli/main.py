@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from asymfuse.cloud.cli.heap import tune_heap
 from asymfuse.edge.errors import AsymfuseError
 
 COMMAND_MODULES = (
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         quiet_third_party()
     try:
+        heap = tune_heap()
+        logging.getLogger("asymfuse.cli").debug("heap tuning: %s", "applied" if heap.applied else heap.reason)
         return int(args.func(args) or 0)
     except AsymfuseError as exc:
         print(f"asymfuse {args.command}: error: {exc}", file=sys.stderr)
