@@ -6,7 +6,7 @@ attention projections become plain ``nn.Linear`` modules (``self_qkv``, ``self_o
 ``torch.ao.quantization.quantize_dynamic`` can turn every one of them into an int8 layer
 (:func:`prepare_ames` with ``weights="int8"``). The source model is not modified.
 
-The forward is the block forward of :mod:`asymfuse.cloud.ames.scorer` (tokens ``[q; t; x]``,
+The forward is the block forward of :mod:`asymfuse.cloud.ames.block_forward` (tokens ``[q; t; x]``,
 each attention as three ``scaled_dot_product_attention`` calls on contiguous key slices, the last
 block's second half for the matching token only), without the per-query layer-1 shortcut, so one
 call scores a whole padded batch of candidates: on a GPU, one call per query instead of one per
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asymfuse.cloud.ames.model import AMES, AMESDecoderLayer
-from asymfuse.cloud.ames.scorer import KeyMasks, _heads, _key_masks, _merge, block_sdpa
+from asymfuse.cloud.ames.block_forward import KeyMasks, _heads, _key_masks, _merge, block_sdpa
 from asymfuse.edge.errors import ConfigError
 
 WEIGHTS = ("fp32", "int8")

@@ -44,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-QUIET_LOGGERS = ("faiss", "onnx_ir", "onnxscript", "torch.onnx", "root.litert_torch")
+QUIET_LOGGERS = ("faiss", "onnx_ir", "onnxscript", "torch.onnx", "root.litert_torch", "jax._src.xla_bridge",
+                 "onnxruntime.quantization.shape_inference")
 """Third-party loggers that talk at INFO on every call (faiss: each CPU-feature probe; the ONNX
-exporter: each initializer it de-duplicates); shown again with ``-v``."""
+exporter: each initializer it de-duplicates; JAX, under the TFLite converter: the missing TPU backend;
+ONNX Runtime's quantizer: each shape inference); shown again with ``-v``."""
 
 
 ENVIRONMENT_LOGGERS = ("torchao", "torch.utils._pytree")

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from asymfuse.cloud.index.faiss_index import UnknownIdError, check_ids
+from asymfuse.cloud.index.index_config import UnknownIdError, check_ids
 from asymfuse.cloud.index.flat import as_index_vectors
 from asymfuse.cloud.index.index_meta import IndexMeta
 from asymfuse.cloud.index.milvus_client import (

@@ -36,7 +36,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from asymfuse.cloud.index.base import IndexUnavailableError
-from asymfuse.cloud.index.faiss_index import UnknownIdError
+from asymfuse.cloud.index.index_config import UnknownIdError
 from asymfuse.cloud.service.config import ServerConfig
 from asymfuse.cloud.service.searcher import SearchResult, Searcher, SpaceMismatchError
 from asymfuse.edge.errors import AsymfuseError, ConfigError, ShapeError

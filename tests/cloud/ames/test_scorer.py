@@ -9,7 +9,8 @@ import torch
 
 from asymfuse.cloud.ames.model import AMES, create_ames
 from asymfuse.cloud.ames.reference import reference_scores
-from asymfuse.cloud.ames.scorer import AMESScorer, block_logits
+from asymfuse.cloud.ames.block_forward import block_logits
+from asymfuse.cloud.ames.scorer import AMESScorer
 from asymfuse.cloud.ames.sources import ArrayLocals, GalleryLocals, compact_valid
 from asymfuse.cloud.features.base import LocalFeatures
 from asymfuse.cloud.features.store import create_store_from_arrays

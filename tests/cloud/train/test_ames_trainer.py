@@ -16,14 +16,8 @@ from asymfuse.cloud.ames.model import create_ames
 from asymfuse.cloud.train.aff_trainer import read_metrics
 from asymfuse.cloud.train.ames_config import AMESTrainConfig
 from asymfuse.cloud.train.ames_pairs import PairDataset, prepare_ames_data
-from asymfuse.cloud.train.ames_trainer import (
-    ames_loss,
-    build_model,
-    load_teacher,
-    make_batch,
-    shared_token_mse,
-    train_ames,
-)
+from asymfuse.cloud.train.ames_loss import ames_loss, make_batch, shared_token_mse
+from asymfuse.cloud.train.ames_trainer import build_model, load_teacher, train_ames
 from asymfuse.edge.errors import ConfigError
 from torch.utils.data import DistributedSampler
 
