@@ -152,15 +152,24 @@ def _serve(aff_cfg: Any, aff: AFFStageResult, ames: AMESStageResult, aff_vectors
                            lq=ames.lq, lx=ames.lx, label=label, out_dir=out / "serve", space=aff.embedding_space_id)
 
 
-def _query_locals(aff_cfg: Any, ames: AMESStageResult) -> Any:
-    """The test queries' local descriptors (the AMES stage's feature) as an ``ArrayLocals``."""
+def _query_locals(aff_cfg: Any, ames: AMESStageResult, side: str = "queries") -> Any:
+    """The test queries' (or gallery's) local descriptors (the AMES stage's feature) as an ``ArrayLocals``."""
     from asymfuse.cloud.ames.sources import ArrayLocals
     from asymfuse.cloud.features.layout import store_path
     from asymfuse.cloud.features.store_reader import FeatureStore
 
-    path = store_path(Path(aff_cfg.features_dir), ames.local_feature, "test", "queries")
+    path = store_path(Path(aff_cfg.features_dir), ames.local_feature, "test", side)
     with FeatureStore.open(path, verify="none") as store:
         return ArrayLocals.from_store(store)
+
+
+def _without_locals(aff_cfg: Any, ames: AMESStageResult) -> dict[str, int]:
+    """How many test queries and gallery images have no local descriptor (AMES keeps their global score)."""
+    out = {}
+    for side in ("queries", "gallery"):
+        locals_ = _query_locals(aff_cfg, ames, side)
+        out[side] = int((locals_.counts(np.arange(len(locals_))) == 0).sum())
+    return out
 
 
 def _edge(aff_cfg: Any, ames: AMESStageResult, served: Any, export_rows: list[dict[str, Any]], *,
@@ -292,6 +301,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         md += (f"\nAMES (binary, {ames.local_feature}, {ames.epochs} epochs, L_q = L_x = {ames.lx}, "
                f"{ames.local_bytes_per_image} bytes of descriptors per image) re-ranks the top {ames.top_m}; λ/γ "
                f"are chosen per search on its val split (λ = 1: global score only); model in `{ames.checkpoint}`.\n")
+        empty = _without_locals(aff_cfg, ames) if aff is not None else {}
+        if any(empty.values()):
+            md += (f"{ames.local_feature} finds no keypoint in {empty['queries']} of {test.nq} test queries and "
+                   f"{empty['gallery']} of {test.nb} test gallery images (featureless photos); AMES keeps their "
+                   "global scores.\n")
     if serve_info:
         md += (f"\nServing (`asymfuse index build` + `asymfuse serve` in-process, Flat index): the test queries sent "
                f"over gRPC as a phone sends them (query-net vector + SIFT descriptors) gave the offline ranking for "
