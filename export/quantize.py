@@ -77,14 +77,28 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a64 * b64).sum(1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
 
 
+SCREEN_MARGIN = 0.005
+"""A screened step (see :func:`search_float_prefix`) is built only when its simulated worst cosine
+reaches ``target - SCREEN_MARGIN``. Measured on EfficientNet-Lite0 at 224 px (PT2E graph run in torch
+vs the TFLite flatbuffer, 32 calibration photos; worst cosine simulated / real): k = 0: 0.8849 / 0.8793,
+4: 0.9718 / 0.9788, 12: 0.99432 / 0.99453, 20: 0.99521 / 0.99553. Near the target the two differ by
+under 0.0004, far below it by up to 0.007, where nothing is decided."""
+
+
 def search_float_prefix(attempt: Callable[[int], tuple[T, np.ndarray, int]], reference: np.ndarray, *,
-                        steps: Sequence[int] = FLOAT_PREFIX_STEPS,
-                        target: float = INT8_SELF_CHECK) -> tuple[T, int, float, int]:
+                        steps: Sequence[int] = FLOAT_PREFIX_STEPS, target: float = INT8_SELF_CHECK,
+                        screen: Callable[[int], tuple[np.ndarray, int]] | None = None,
+                        screen_margin: float = SCREEN_MARGIN) -> tuple[T, int, float, int]:
     """Quantise with ``k`` leading convs left in float, for ``k`` in ``steps``, until the worst
     cosine against ``reference`` reaches ``target``; keep the best attempt.
 
     Depthwise-separable nets (EfficientNet-Lite, MobileNet) lose most int8 accuracy in their first
     blocks, so leaving a few of them in float buys most of it back at little cost in speed.
+
+    With ``screen`` (a cheap simulation of step ``k``, e.g. the quantized graph run in torch before
+    the slow lowering to a file), a step whose simulated worst cosine is below
+    ``target - screen_margin`` is not built. When every step is screened out, the one with the best
+    simulated cosine is built, so an artifact always comes back.
 
     Args:
         attempt: ``k -> (artifact, outputs (N, D) on the calibration images, number of convs)``.
@@ -92,21 +106,34 @@ def search_float_prefix(attempt: Callable[[int], tuple[T, np.ndarray, int]], ref
         steps: increasing ``k`` values; ``k`` values that would leave fewer than 2 convs
             quantised are skipped.
         target: stop at the first attempt whose worst cosine reaches this.
+        screen: ``k -> (simulated outputs (N, D), number of convs)``, or None to build every step.
+        screen_margin: see :data:`SCREEN_MARGIN`.
 
     Returns:
-        ``(artifact, k, worst cosine, number of convs)`` of the best attempt (ties: the smaller ``k``).
+        ``(artifact, k, worst cosine, number of convs)`` of the best built attempt (ties: the smaller ``k``).
     """
     best: tuple[T, int, float] | None = None
+    screened: list[tuple[float, int]] = []  # (simulated worst cosine, k) of the steps not built
     n_convs: int | None = None
     for k in steps:
         if k > 0 and n_convs is not None and k >= n_convs - 1:
             break
+        if screen is not None:
+            simulated, n_convs = screen(k)
+            sim_cos = float(cosine_rows(simulated, reference).min())
+            if sim_cos < target - screen_margin:
+                screened.append((sim_cos, k))
+                continue
         artifact, outputs, n_convs = attempt(k)
         cos = float(cosine_rows(outputs, reference).min())
         if best is None or cos > best[2] + 1e-4:
             best = (artifact, k, cos)
         if cos >= target:
             break
+    if best is None and screened:
+        k = min(screened, key=lambda item: (-item[0], item[1]))[1]
+        artifact, outputs, n_convs = attempt(k)
+        best = (artifact, k, float(cosine_rows(outputs, reference).min()))
     if best is None or n_convs is None:
         raise ConfigError("search_float_prefix needs at least one step, e.g. (0,)")
     return best[0], best[1], best[2], n_convs

@@ -130,8 +130,15 @@ def test_float_prefix_keeps_leading_convs_float_and_input_int8(tiny_net, images)
 
     module = litert_torch.to_channel_last_io(tiny_net, args=[0]).eval()
     sample = (torch.zeros(1, TINY_SIZE, TINY_SIZE, 3),)
-    content, n_convs = tflite_int8._pt2e_int8(module, sample, images[::2][:16], channel_last=True, float_convs=2)
+    quantized, quantizer, n_convs = tflite_int8._pt2e_graph(module, sample, images[::2][:16], channel_last=True,
+                                                            float_convs=2)
+    content = tflite_int8._lower(quantized, sample, quantizer)
     assert n_convs == 4
+    # the screen's simulation (the quantized graph run in torch) tracks the flatbuffer the runtime runs
+    with torch.no_grad():
+        simulated = np.concatenate([quantized(torch.from_numpy(np.ascontiguousarray(row.transpose(1, 2, 0)[None])))
+                                    .numpy() for row in images[1::2]])
+    assert cosine_rows(simulated, tflite_int8._run_flatbuffer(content, images[1::2], channel_last=True)).min() > 0.99
     convs = [dtype for name, dtype in _op_input_types(content) if name == "CONV_2D"]
     assert convs == ["float32", "float32", "int8", "int8"]
     out = tflite_int8._run_flatbuffer(content, images[1::2], channel_last=True)
