@@ -18,7 +18,7 @@ import numpy as np
 from asymfuse.cloud.ames.ensemble import reranked_ranks, rerank_rows, select_ensemble
 from asymfuse.cloud.ames.options import RerankOptions
 from asymfuse.cloud.ames.scorer import AMESScorer
-from asymfuse.cloud.ames.sources import ArrayLocals, GalleryLocals
+from asymfuse.cloud.ames.sources import ArrayLocals, GalleryLocals, MissingLocalsWarning
 from asymfuse.cloud.data.records import RetrievalDataset
 from asymfuse.cloud.eval.evaluate import evaluate_ranking
 from asymfuse.cloud.index.flat import search
@@ -52,7 +52,7 @@ def ames_logits(*, scorer: AMESScorer, query_locals: ArrayLocals, gallery: Galle
     live = np.flatnonzero(q_counts > 0)
     if live.size < nq:
         warnings.warn(f"{nq - live.size} of {nq} queries have no local descriptors; their global order stands",
-                      stacklevel=3)
+                      MissingLocalsWarning, stacklevel=3)
     if live.size and m:
         desc, pad = query_locals.descriptors(live, length=None if lq is None else min(lq, query_locals.max_local))
         queries = [(desc[i], pad[i]) for i in range(live.size)]
@@ -61,7 +61,7 @@ def ames_logits(*, scorer: AMESScorer, query_locals: ArrayLocals, gallery: Galle
     empty = gallery.counts(topm.reshape(-1)).reshape(nq, m) == 0
     if empty[live].any():
         warnings.warn(f"{int(empty[live].sum())} (query, candidate) pairs have a candidate without local "
-                      "descriptors; its global score stands", stacklevel=3)
+                      "descriptors; its global score stands", MissingLocalsWarning, stacklevel=3)
     logits[empty] = np.nan
     return logits
 

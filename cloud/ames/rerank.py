@@ -20,7 +20,7 @@ import torch
 from asymfuse.cloud.ames.ensemble import combine, ensemble_scores
 from asymfuse.cloud.ames.options import RerankOptions
 from asymfuse.cloud.ames.factory import PairScorer
-from asymfuse.cloud.ames.sources import GalleryLocals
+from asymfuse.cloud.ames.sources import GalleryLocals, MissingLocalsWarning
 from asymfuse.edge.errors import ConfigError, ShapeError
 
 __all__ = ["RerankOptions", "RerankResult", "combine", "rerank"]
@@ -109,13 +109,13 @@ def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | 
     if m == 0 or not (~mask).any():
         if m:
             warnings.warn("the query has no local descriptors; AMES cannot re-rank it, the global order stands",
-                          stacklevel=2)
+                          MissingLocalsWarning, stacklevel=2)
         return RerankResult(ids=ids, scores=g, logits=np.zeros(0, np.float32), num_reranked=0)
     logits = scorer.score(q, mask, gallery, ids[:m], lq=options.lq, lx=options.lx)
     empty = gallery.counts(ids[:m]) == 0
     if empty.any():
         warnings.warn(f"{int(empty.sum())} of the top-{m} candidates have no local descriptors; their global "
-                      "score stands as their re-ranking score", stacklevel=2)
+                      "score stands as their re-ranking score", MissingLocalsWarning, stacklevel=2)
         logits = np.where(empty, np.float32(np.nan), logits)
     s = ensemble_scores(g[:m], logits, lam=options.lam, gamma=options.gamma)
     head = np.argsort(-s, kind="stable")

@@ -31,6 +31,10 @@ from asymfuse.edge.errors import ConfigError, CorruptDataError, ShapeError
 _READ_BATCH = 1024
 
 
+class MissingLocalsWarning(UserWarning):
+    """A query or candidate without local descriptors (a featureless photo): AMES leaves its global score."""
+
+
 @runtime_checkable
 class GalleryLocals(Protocol):
     """Local descriptors of ``len(self)`` items, addressed by 0-based index."""

@@ -6,9 +6,6 @@ import argparse
 import logging
 import warnings
 
-EMPTY_LOCALS = r".*(have no local descriptors|without local descriptors).*"
-"""The AMES evaluation's per-call warning about photos without keypoints: the report says it once."""
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="end-to-end demo on the embedded real-photo benchmark")
@@ -20,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from asymfuse.cloud.ames.sources import MissingLocalsWarning
     from asymfuse.cloud.data.benchmark import BenchmarkConfig
     from asymfuse.cloud.demo.pipeline import DemoConfig, run_demo
 
@@ -28,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out_dir=args.out, seed=args.seed, device=args.device,
                      benchmark=BenchmarkConfig(seed=args.seed), progress=not args.no_progress)
     with warnings.catch_warnings():
-        if not getattr(args, "verbose", False):
-            warnings.filterwarnings("ignore", message=EMPTY_LOCALS, category=UserWarning)
+        if not getattr(args, "verbose", False):  # one per AMES evaluation; the report says it once
+            warnings.simplefilter("ignore", MissingLocalsWarning)
         report = run_demo(cfg)
     print(report["markdown"])
     print(f"report: {args.out}/report.md and report.json")

@@ -144,7 +144,7 @@ def _serve(aff_cfg: Any, aff: AFFStageResult, ames: AMESStageResult, aff_vectors
     feats = Path(aff_cfg.features_dir)
     label = aff.searches.asymmetric.label
     weights = ames.weights[label]
-    query_locals = _query_locals(aff_cfg, ames)
+    query_locals = _test_locals(aff_cfg, ames, "queries")
     return run_serve_stage(test=test, xq=aff_vectors[label]["test"][0], mixer=aff.mixer,
                            gallery_stores=[store_path(feats, n, "test", "gallery") for n in aff_cfg.gallery_features],
                            ames_checkpoint=ames.checkpoint, packed=ames.run_dir / "packed-test",
@@ -152,8 +152,9 @@ def _serve(aff_cfg: Any, aff: AFFStageResult, ames: AMESStageResult, aff_vectors
                            lq=ames.lq, lx=ames.lx, label=label, out_dir=out / "serve", space=aff.embedding_space_id)
 
 
-def _query_locals(aff_cfg: Any, ames: AMESStageResult, side: str = "queries") -> Any:
-    """The test queries' (or gallery's) local descriptors (the AMES stage's feature) as an ``ArrayLocals``."""
+def _test_locals(aff_cfg: Any, ames: AMESStageResult, side: str) -> Any:
+    """The test split's ``side`` ("queries" or "gallery") local descriptors (the AMES stage's feature) as an
+    ``ArrayLocals``."""
     from asymfuse.cloud.ames.sources import ArrayLocals
     from asymfuse.cloud.features.layout import store_path
     from asymfuse.cloud.features.store_reader import FeatureStore
@@ -167,7 +168,7 @@ def _without_locals(aff_cfg: Any, ames: AMESStageResult) -> dict[str, int]:
     """How many test queries and gallery images have no local descriptor (AMES keeps their global score)."""
     out = {}
     for side in ("queries", "gallery"):
-        locals_ = _query_locals(aff_cfg, ames, side)
+        locals_ = _test_locals(aff_cfg, ames, side)
         out[side] = int((locals_.counts(np.arange(len(locals_))) == 0).sum())
     return out
 
@@ -186,7 +187,7 @@ def _edge(aff_cfg: Any, ames: AMESStageResult, served: Any, export_rows: list[di
     pick = files[0]
     label = f"{pick['feature'].split(' → ')[0]} (edge SDK) + AMES via gRPC"
     return run_edge_stage(test=test, model=Path(pick["path"]), index_dir=served.index_dir,
-                          query_locals=_query_locals(aff_cfg, ames), top_m=ames.top_m, lq=ames.lq,
+                          query_locals=_test_locals(aff_cfg, ames, "queries"), top_m=ames.top_m, lq=ames.lq,
                           torch_row=served.row, torch_ranks=served.ranks, label=label)
 
 
