@@ -29,19 +29,15 @@ def _convert_int8(module: Any, sample: tuple[Any, ...], calibration: np.ndarray,
         The flatbuffer (input type set per ``int8_io``) and ``{"float_convs": k, "n_convs": n,
         "calibration_cosine_min": c, "calibration_images": N, ...}``.
     """
-    import torch
 
-    with torch.no_grad():
-        reference = np.concatenate([module(_sample_row(torch, row, channel_last)).numpy() for row in calibration])
+    reference = _torch_rows(module, calibration, channel_last=channel_last)
 
     graphs: dict[int, tuple[Any, Any, int]] = {}  # k -> (quantized graph, quantizer, convs), built by screen
 
     def screen(k: int) -> tuple[np.ndarray, int]:
         graphs[k] = _pt2e_graph(module, sample, calibration, channel_last=channel_last, float_convs=k)
         quantized, _, n_convs = graphs[k]
-        with torch.no_grad():
-            simulated = [quantized(_sample_row(torch, row, channel_last)).numpy() for row in calibration]
-        return np.concatenate(simulated), n_convs
+        return _torch_rows(quantized, calibration, channel_last=channel_last), n_convs
 
     def attempt(k: int) -> tuple[bytes, np.ndarray, int]:
         quantized, quantizer, n_convs = graphs.pop(k, None) or _pt2e_graph(
@@ -54,6 +50,14 @@ def _convert_int8(module: Any, sample: tuple[Any, ...], calibration: np.ndarray,
             "calibration_images": len(calibration), "calibration_method": "histogram",
             "activations": "int8 per-tensor", "weights": "int8 per-channel"}
     return set_input_type(content, int8_io), info
+
+
+def _torch_rows(fn: Any, images: np.ndarray, *, channel_last: bool) -> np.ndarray:
+    """``(N, 3, H, W)`` -> ``(N, D)``: ``fn`` (the float module, or a quantized graph) one image at a time."""
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([fn(_sample_row(torch, row, channel_last)).numpy() for row in images])
 
 
 def _sample_row(torch: Any, row: np.ndarray, channel_last: bool) -> Any:

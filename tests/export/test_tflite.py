@@ -135,9 +135,7 @@ def test_float_prefix_keeps_leading_convs_float_and_input_int8(tiny_net, images)
     content = tflite_int8._lower(quantized, sample, quantizer)
     assert n_convs == 4
     # the screen's simulation (the quantized graph run in torch) tracks the flatbuffer the runtime runs
-    with torch.no_grad():
-        simulated = np.concatenate([quantized(torch.from_numpy(np.ascontiguousarray(row.transpose(1, 2, 0)[None])))
-                                    .numpy() for row in images[1::2]])
+    simulated = tflite_int8._torch_rows(quantized, images[1::2], channel_last=True)
     assert cosine_rows(simulated, tflite_int8._run_flatbuffer(content, images[1::2], channel_last=True)).min() > 0.99
     convs = [dtype for name, dtype in _op_input_types(content) if name == "CONV_2D"]
     assert convs == ["float32", "float32", "int8", "int8"]
