@@ -71,7 +71,7 @@ def _query_arrays(query_locals: np.ndarray | torch.Tensor, q_pad: np.ndarray | t
 
 def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | np.ndarray,
            global_scores: Sequence[float] | np.ndarray, *, options: RerankOptions, scorer: PairScorer,
-           gallery: GalleryLocals, q_pad: np.ndarray | torch.Tensor | None = None) -> RerankResult:
+           gallery: GalleryLocals, q_pad: np.ndarray | torch.Tensor | None = None, warn: bool = True) -> RerankResult:
     """Re-rank a query's global candidates with AMES (see the module docstring).
 
     Args:
@@ -83,6 +83,8 @@ def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | 
         scorer: the AMES scorer (an ``AMESScorer`` or any kind of
             :func:`~asymfuse.cloud.ames.factory.create_scorer`); gallery: the candidates' local descriptors.
         q_pad: ``(Lq,)`` bool, True = padding (None: all valid).
+        warn: emit a :class:`MissingLocalsWarning` for an empty query or candidates (False: a server's
+            per-request path, where ``warnings.catch_warnings`` would race between threads).
 
     Returns:
         :class:`RerankResult`.
@@ -107,15 +109,16 @@ def rerank(query_locals: np.ndarray | torch.Tensor, candidates: Sequence[int] | 
     if mask.shape != q.shape[:1] or mask.dtype != np.bool_:
         raise ShapeError(f"q_pad must be bool ({q.shape[0]},) (True = padding), got {mask.dtype} {mask.shape}")
     if m == 0 or not (~mask).any():
-        if m:
+        if m and warn:
             warnings.warn("the query has no local descriptors; AMES cannot re-rank it, the global order stands",
                           MissingLocalsWarning, stacklevel=2)
         return RerankResult(ids=ids, scores=g, logits=np.zeros(0, np.float32), num_reranked=0)
     logits = scorer.score(q, mask, gallery, ids[:m], lq=options.lq, lx=options.lx)
     empty = gallery.counts(ids[:m]) == 0
     if empty.any():
-        warnings.warn(f"{int(empty.sum())} of the top-{m} candidates have no local descriptors; their global "
-                      "score stands as their re-ranking score", MissingLocalsWarning, stacklevel=2)
+        if warn:
+            warnings.warn(f"{int(empty.sum())} of the top-{m} candidates have no local descriptors; their global "
+                          "score stands as their re-ranking score", MissingLocalsWarning, stacklevel=2)
         logits = np.where(empty, np.float32(np.nan), logits)
     s = ensemble_scores(g[:m], logits, lam=options.lam, gamma=options.gamma)
     head = np.argsort(-s, kind="stable")

@@ -14,7 +14,6 @@ torch is imported only when AMES is served, so a global-only searcher starts in 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -188,10 +187,10 @@ class Searcher:
 
             gallery = self.reranker.candidates(meta)
             opts = RerankOptions(top_m=top_m, lam=options.lam, gamma=options.gamma, lq=options.lq, lx=options.lx)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # items without packed locals keep their global score
-                result = rerank(locals_, np.arange(ids.size), scores, options=opts, scorer=self.reranker.scorer,
-                                gallery=gallery, q_pad=pad)
+            # items without packed locals keep their global score; no warning per request (and no
+            # warnings.catch_warnings, whose filter swap races between the server's threads)
+            result = rerank(locals_, np.arange(ids.size), scores, options=opts, scorer=self.reranker.scorer,
+                            gallery=gallery, q_pad=pad, warn=False)
             order = result.ids
             ids, meta, g = ids[order], [meta[i] for i in order], scores[order]
             final_scores, num = result.scores, result.num_reranked

@@ -112,6 +112,17 @@ def test_candidate_without_local_descriptors_keeps_its_global_score():
     np.testing.assert_array_equal(res.ids, [2, 1, 3])
     np.testing.assert_allclose(res.scores, [s[2], s[1], s[3]])
     assert np.isnan(res.logits[0]) and res.logits[1] == 5.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn=False (the searcher's per-request path): the same result, silently
+        quiet = rerank(np.ones((2, D_IN), np.float32), [1, 2, 3], [0.3, 0.9, 0.6],
+                       options=RerankOptions(top_m=3, lam=0.5, gamma=1.0), scorer=scorer, gallery=gallery,
+                       warn=False)  # type: ignore[arg-type]
+        empty_query = rerank(np.ones((2, D_IN), np.float32), [1, 2, 3], [0.3, 0.9, 0.6], q_pad=np.ones(2, bool),
+                             options=RerankOptions(top_m=3, lam=0.5, gamma=1.0), scorer=scorer, gallery=gallery,
+                             warn=False)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(quiet.ids, res.ids)
+    np.testing.assert_array_equal(quiet.scores, res.scores)
+    assert empty_query.num_reranked == 0 and empty_query.ids.tolist() == [2, 3, 1]
 
 
 def test_bad_input():
