@@ -181,12 +181,24 @@ def quality_row(ctx: AMESContext, *, local: str, variant: str) -> AMESRow:
     per_desc = BINARY_DESCRIPTOR_BYTES if model.cfg.binary else FP16_TOKEN_BYTES
     history = tuple({k: h[k] for k in HISTORY_KEYS if k in h} for h in res.history)
     epochs = sum(1 for h in res.history if not h.get("start"))
-    chosen = "the matching start" if res.best_epoch == 0 else f"epoch {res.best_epoch}"
+    chosen = ("the matching start" if res.best_epoch == 0 else f"epoch {res.best_epoch}") + _gate_note(res.history)
     notes = (f"trained {res.runtime_s:.0f} s ({epochs} epochs; best val: {chosen}); {ms:.0f} ms/query; "
              f"{_real_lengths(ctx, local, lq=c.lq, lx=c.lx)}")
     return _row("quality", VARIANT_ROWS[variant], _settings(ctx)[variant], local, test.ames_metrics, lq=c.lq, lx=c.lx,
                 bytes_per_image=float(image_bytes(global_bytes=xb_bytes, lx=c.lx, bytes_per_descriptor=per_desc)),
                 ms_per_query=ms, lam=lam, gamma=gamma, notes=notes, history=history)
+
+
+def _gate_note(history: list[dict[str, Any]]) -> str:
+    """``", kept over epoch 15 (+4.15 +- 2.21 on val, z 1.88 < 2.73)"``: the highest-scoring val check the
+    significance gate turned down, if any (see ``AMESTrainConfig.select_alpha``)."""
+    refused = [h for h in history if "val_gain_z_min" in h
+               and not (h["val_gain_z"] is None or h["val_gain_z"] > h["val_gain_z_min"])]
+    if not refused:
+        return ""
+    h = max(refused, key=lambda r: r["val_gain"])
+    return (f", kept over epoch {h['epoch']} (+{h['val_gain']:.2f} ± {h['val_gain_stderr']:.2f} on val, "
+            f"z {h['val_gain_z']:.2f} < {h['val_gain_z_min']:.2f})")
 
 
 def mutual_nn_row(ctx: AMESContext, *, local: str) -> AMESRow:

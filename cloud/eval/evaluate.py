@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 from asymfuse.cloud.data.records import RetrievalDataset
-from asymfuse.cloud.eval.metrics import evaluate_revisitop, gldv2_map_at_k, holidays_map, ukbench_ns
+from asymfuse.cloud.eval.metrics import REVISITOP_SETTINGS, evaluate_revisitop, gldv2_map_at_k, holidays_map, ukbench_ns
 from asymfuse.cloud.index.flat import search
 from asymfuse.edge.errors import ShapeError
 
@@ -39,6 +39,20 @@ def evaluate_ranking(ranks: np.ndarray, dataset: RetrievalDataset, *,
     if dataset.protocol == "holidays":
         return {"mAP": 100.0 * holidays_map(ranks, dataset.gnd, **kw)}
     return {"N-S": ukbench_ns(ranks, dataset.gnd, **kw)}
+
+
+def per_query_ap(ranks: np.ndarray, dataset: RetrievalDataset, *, metric: str) -> np.ndarray | None:
+    """``(nq,)`` AP per query in percent (NaN: a query without positives) of ``metric``
+    (``"mAP_easy"``, ``"mAP_medium"`` or ``"mAP_hard"``) for a revisitop ``dataset``; None for
+    other protocols or metrics (their per-query values are not kept).
+
+    Args:
+        ranks: ``(R, nq)`` gallery indices by decreasing similarity (revisitop layout).
+    """
+    setting = metric.removeprefix("mAP_")
+    if dataset.protocol != "revisitop" or setting not in REVISITOP_SETTINGS or not metric.startswith("mAP_"):
+        return None
+    return 100.0 * evaluate_revisitop(ranks, dataset.gnd, n_gallery=dataset.nb).details[setting].aps
 
 
 def rank_features(xq: np.ndarray, xb: np.ndarray, *, k: int | None = None) -> np.ndarray:

@@ -258,13 +258,33 @@ class _Run(EpochRun):
         record.update(result.get("metrics", {}))
         self.history.append(record)
         score = result.get("score")
-        improved = self.improved(score, has_val=self.data.val is not None)
+        improved = self.improved(score, has_val=self.data.val is not None) and self._significant(result, record)
         if improved:
             self.best = {"epoch": epoch + 1, "score": -1.0 if score is None else float(score),
                          "metric": f"val_ames_{cfg.select_metric}", "lam": result.get("lam", DEFAULT_LAM),
-                         "gamma": result.get("gamma", DEFAULT_GAMMA), "val": result.get("metrics", {})}
+                         "gamma": result.get("gamma", DEFAULT_GAMMA), "val": result.get("metrics", {}),
+                         "query_aps": result.get("query_aps")}
         self.save_epoch(lambda: self._state(epoch + 1), improved=improved, record=record, log=log,
                         skip=("step_losses", "step_lengths"))
+
+    def _significant(self, result: dict[str, Any], record: dict[str, Any]) -> bool:
+        """Whether a val check that scores above the best one beats it beyond the val split's noise
+        (``select_alpha``; see :mod:`asymfuse.cloud.eval.significance`). The first check always
+        counts; so does every one when the gate is off or per-query APs are missing. Logs the test
+        in ``record``: ``val_gain`` +- ``val_gain_stderr`` points over ``val_gain_vs_epoch``, its
+        ``val_gain_z`` (None when the stderr is 0) and the bar ``val_gain_z_min``."""
+        cfg, best = self.cfg, self.best
+        if cfg.select_alpha == 0 or best["epoch"] < 0 or result.get("query_aps") is None \
+                or best.get("query_aps") is None:
+            return True
+        from asymfuse.cloud.eval.significance import bonferroni_z, paired_gain
+
+        checks = sum(1 for e in range(cfg.epochs) if (e + 1) % cfg.val_every == 0 or e + 1 == cfg.epochs)
+        z_min = bonferroni_z(cfg.select_alpha, checks)
+        gain = paired_gain(np.asarray(result["query_aps"]), np.asarray(best["query_aps"]))
+        record.update(val_gain=gain.mean, val_gain_stderr=gain.stderr, val_gain_vs_epoch=int(best["epoch"]),
+                      val_gain_z=gain.z if np.isfinite(gain.z) else None, val_gain_z_min=z_min)
+        return gain.beats(z_min)
 
     # ------------------------------------------------------------------------------------- finish
     def _finish(self, log: JsonlLog) -> AMESTrainResult:
@@ -298,7 +318,9 @@ def validate(model: AMES, data: AMESData, cfg: AMESTrainConfig, *, device: torch
     Raises:
         ConfigError: ``data`` has no val split.
     """
+    from asymfuse.cloud.ames.ensemble import rerank_rows, reranked_ranks
     from asymfuse.cloud.ames.evaluate import evaluate_ames, select_ensemble
+    from asymfuse.cloud.eval.evaluate import per_query_ap
     from asymfuse.cloud.ames.options import RerankOptions
     from asymfuse.cloud.ames.scorer import AMESScorer
     from asymfuse.cloud.ames.sources import ArrayLocals
@@ -320,8 +342,10 @@ def validate(model: AMES, data: AMESData, cfg: AMESTrainConfig, *, device: torch
     finally:
         model.train(was_training)
     chosen = next(g for g in grid if g["lam"] == lam and g["gamma"] == gamma)
+    head = rerank_rows(res.topm, res.global_scores, res.logits, lam=lam, gamma=gamma)
+    aps = per_query_ap(reranked_ranks(head, res.ranks), val.dataset, metric=cfg.select_metric)
     metrics = {f"val_global_{k}": float(v) for k, v in res.global_metrics.items() if k.startswith("mAP")}
     metrics.update({f"val_ames_{k}": float(v) for k, v in chosen.items() if k.startswith("mAP")})
     metrics.update(val_lam=float(lam), val_gamma=float(gamma))
     return {"score": metrics[f"val_ames_{cfg.select_metric}"], "lam": float(lam), "gamma": float(gamma),
-            "metrics": metrics}
+            "metrics": metrics, "query_aps": None if aps is None else [float(a) for a in aps]}

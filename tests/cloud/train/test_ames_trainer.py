@@ -41,7 +41,7 @@ def teacher_path(ames_setup, tmp_path_factory):
 
 
 def test_fp_run_lowers_the_loss_and_writes_a_strict_checkpoint(ames_setup, tmp_path):
-    res = train_ames(_cfg(ames_setup, epochs=5), out_dir=tmp_path)
+    res = train_ames(_cfg(ames_setup, epochs=5, select_alpha=0), out_dir=tmp_path)  # the highest val score wins
     losses = [h["loss"] for h in res.history]
     assert losses[-1] < losses[0] and all(np.isfinite(losses))
     for name in ("last.pt", "best.pt", "metrics.jsonl", "ames.pt"):
@@ -81,7 +81,7 @@ def test_match_start_is_validated_first_and_competes_for_best(ames_setup, tmp_pa
     validated as epoch 0 before any step, and ``best`` is chosen over the start and every epoch."""
     from asymfuse.cloud.ames.match_init import init_match_prior
 
-    cfg = _cfg(ames_setup, start="match", layers=3, epochs=2)
+    cfg = _cfg(ames_setup, start="match", layers=3, epochs=2, select_alpha=0)
     data = prepare_ames_data(cfg, is_main=True, barrier=lambda: None)
     model = build_model(cfg, data)
     want = create_ames(local_dim=LD, seed=0, **cfg.model_kwargs())
@@ -97,6 +97,30 @@ def test_match_start_is_validated_first_and_competes_for_best(ames_setup, tmp_pa
         build_model(_cfg(ames_setup, start="match", layers=2), data)
     with pytest.raises(ConfigError, match="start"):
         _cfg(ames_setup, start="oracle")
+
+
+def test_significance_gate_decides_each_replacement_of_the_best(ames_setup, tmp_path):
+    """Default ``select_alpha``: a val check replaces the best (the matching start first) only when
+    its paired per-query gain clears the Bonferroni bar; replaying the logged tests gives the chosen
+    epoch, and a bar no gain can clear keeps the start."""
+    from asymfuse.cloud.eval.significance import bonferroni_z
+
+    res = train_ames(_cfg(ames_setup, start="match", layers=3, epochs=3), out_dir=tmp_path / "gate")
+    incumbent, score = 0, res.history[0]["val_ames_mAP_medium"]
+    for h in res.history[1:]:
+        if h["val_ames_mAP_medium"] <= score:
+            assert "val_gain_z" not in h  # only a higher score is tested
+            continue
+        assert h["val_gain_vs_epoch"] == incumbent and h["val_gain_z_min"] == pytest.approx(bonferroni_z(0.05, 3))
+        assert h["val_gain"] == pytest.approx(h["val_ames_mAP_medium"] - score, abs=1e-6)
+        if h["val_gain_z"] is None or h["val_gain_z"] > h["val_gain_z_min"]:
+            incumbent, score = h["epoch"], h["val_ames_mAP_medium"]
+    assert res.best_epoch == incumbent and any("val_gain_z" in h for h in res.history)  # some check was tested
+    strict = train_ames(_cfg(ames_setup, start="match", layers=3, epochs=3, select_alpha=1e-12),
+                        out_dir=tmp_path / "strict")  # bar z > 7
+    assert strict.best_epoch == 0 or all(h.get("val_gain_z", 0) is None for h in strict.history)
+    with pytest.raises(ConfigError, match="select_alpha"):
+        _cfg(ames_setup, select_alpha=1.0)
 
 
 def test_resume_continues_exactly(ames_setup, tmp_path):
