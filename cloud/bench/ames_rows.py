@@ -192,8 +192,7 @@ def quality_row(ctx: AMESContext, *, local: str, variant: str) -> AMESRow:
 def _gate_note(history: list[dict[str, Any]]) -> str:
     """``", kept over epoch 15 (+4.15 +- 2.21 on val, z 1.88 < 2.73)"``: the highest-scoring val check the
     significance gate turned down, if any (see ``AMESTrainConfig.select_alpha``)."""
-    refused = [h for h in history if "val_gain_z_min" in h
-               and not (h["val_gain_z"] is None or h["val_gain_z"] > h["val_gain_z_min"])]
+    refused = [h for h in history if h.get("val_gain_significant") is False]
     if not refused:
         return ""
     h = max(refused, key=lambda r: r["val_gain"])

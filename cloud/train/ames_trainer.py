@@ -250,9 +250,8 @@ class _Run(EpochRun):
     def _end_epoch(self, epoch: int, record: dict[str, Any], log: JsonlLog) -> None:
         """Validate after ``epoch`` (0-based; -1 = the untrained start) and save; track the best."""
         cfg = self.cfg
-        last = epoch + 1 == cfg.epochs or epoch < 0
         result: dict[str, Any] = {}
-        if self.data.val is not None and ((epoch + 1) % cfg.val_every == 0 or last) and self.env.is_main:
+        if self.data.val is not None and self._val_due(epoch) and self.env.is_main:
             result = validate(self.model, self.data, cfg, device=self.device)
         result = broadcast_object(result, self.env)
         record.update(result.get("metrics", {}))
@@ -267,24 +266,30 @@ class _Run(EpochRun):
         self.save_epoch(lambda: self._state(epoch + 1), improved=improved, record=record, log=log,
                         skip=("step_losses", "step_lengths"))
 
+    def _val_due(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based; -1 = the untrained start) ends with a val check."""
+        return epoch < 0 or (epoch + 1) % self.cfg.val_every == 0 or epoch + 1 == self.cfg.epochs
+
     def _significant(self, result: dict[str, Any], record: dict[str, Any]) -> bool:
         """Whether a val check that scores above the best one beats it beyond the val split's noise
         (``select_alpha``; see :mod:`asymfuse.cloud.eval.significance`). The first check always
         counts; so does every one when the gate is off or per-query APs are missing. Logs the test
         in ``record``: ``val_gain`` +- ``val_gain_stderr`` points over ``val_gain_vs_epoch``, its
-        ``val_gain_z`` (None when the stderr is 0) and the bar ``val_gain_z_min``."""
+        ``val_gain_z`` (None when the stderr is 0), the bar ``val_gain_z_min`` and the verdict
+        ``val_gain_significant``."""
         cfg, best = self.cfg, self.best
         if cfg.select_alpha == 0 or best["epoch"] < 0 or result.get("query_aps") is None \
                 or best.get("query_aps") is None:
             return True
         from asymfuse.cloud.eval.significance import bonferroni_z, paired_gain
 
-        checks = sum(1 for e in range(cfg.epochs) if (e + 1) % cfg.val_every == 0 or e + 1 == cfg.epochs)
-        z_min = bonferroni_z(cfg.select_alpha, checks)
+        z_min = bonferroni_z(cfg.select_alpha, sum(1 for e in range(cfg.epochs) if self._val_due(e)))
         gain = paired_gain(np.asarray(result["query_aps"]), np.asarray(best["query_aps"]))
+        significant = gain.beats(z_min)
         record.update(val_gain=gain.mean, val_gain_stderr=gain.stderr, val_gain_vs_epoch=int(best["epoch"]),
-                      val_gain_z=gain.z if np.isfinite(gain.z) else None, val_gain_z_min=z_min)
-        return gain.beats(z_min)
+                      val_gain_z=gain.z if np.isfinite(gain.z) else None, val_gain_z_min=z_min,
+                      val_gain_significant=significant)
+        return significant
 
     # ------------------------------------------------------------------------------------- finish
     def _finish(self, log: JsonlLog) -> AMESTrainResult:

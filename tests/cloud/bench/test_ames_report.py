@@ -201,3 +201,16 @@ def test_bench_config_presets_and_overrides():
                 {"blocks": ["speed"]}, {"lr": -1.0}):
         with pytest.raises(ConfigError):
             default.with_overrides(bad)
+
+
+def test_gate_note_names_the_strongest_refused_check():
+    from asymfuse.cloud.bench.ames_rows import _gate_note
+
+    refused = {"val_gain_stderr": 2.21, "val_gain_z_min": 2.73, "val_gain_significant": False}
+    history = [{"epoch": 0, "start": True},
+               {"epoch": 4, "val_gain": 1.0, "val_gain_z": 0.5, **refused},
+               {"epoch": 15, "val_gain": 4.15, "val_gain_z": 1.88, **refused},
+               {"epoch": 16, "val_gain": 9.0, "val_gain_stderr": 1.0, "val_gain_z": 9.0, "val_gain_z_min": 2.73,
+                "val_gain_significant": True}]  # accepted: not named
+    assert _gate_note(history) == ", kept over epoch 15 (+4.15 ± 2.21 on val, z 1.88 < 2.73)"
+    assert _gate_note([{"epoch": 0}, {"epoch": 1, "loss": 0.7}]) == ""  # no check was turned down

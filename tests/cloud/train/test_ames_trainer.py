@@ -113,7 +113,9 @@ def test_significance_gate_decides_each_replacement_of_the_best(ames_setup, tmp_
             continue
         assert h["val_gain_vs_epoch"] == incumbent and h["val_gain_z_min"] == pytest.approx(bonferroni_z(0.05, 3))
         assert h["val_gain"] == pytest.approx(h["val_ames_mAP_medium"] - score, abs=1e-6)
-        if h["val_gain_z"] is None or h["val_gain_z"] > h["val_gain_z_min"]:
+        replaces = h["val_gain_z"] is None or h["val_gain_z"] > h["val_gain_z_min"]
+        assert h["val_gain_significant"] is replaces  # the logged verdict matches the replay
+        if replaces:
             incumbent, score = h["epoch"], h["val_ames_mAP_medium"]
     assert res.best_epoch == incumbent and any("val_gain_z" in h for h in res.history)  # some check was tested
     strict = train_ames(_cfg(ames_setup, start="match", layers=3, epochs=3, select_alpha=1e-12),
